@@ -1,0 +1,77 @@
+"""The ``lorakit`` command. Thin: parse, call the API, print.
+
+Commands are imported only when run, so ``lorakit --help`` starts without torch or pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import LorakitError
+
+# name → "module:attribute"; each module keeps heavy imports inside its functions.
+COMMANDS: dict[str, str] = {
+    "train": "lorakit.commands.train:train",
+    "predict": "lorakit.commands.train:predict",
+    "plugins": "lorakit.commands.plugins:plugins",
+    "config": "lorakit.commands.config:config",
+    "cache": "lorakit.commands.cache:cache",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # a command that is not built yet is not listed
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lorakit")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Train, compare and roll back LoRA text classifiers. One config in, one experiment folder out."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: user errors print one line each on stderr and exit with code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        return cli.main(args=args, prog_name="lorakit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LorakitError as exc:
+        if verbose:
+            traceback.print_exc()
+        for line in exc.lines():
+            click.echo(f"Error: {line}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,224 @@
+"""TOML loading with ``base_config`` inheritance, path resolution, ``--set`` overrides and provenance.
+
+Merging rules: tables merge deeply; arrays and scalars replace. A path is resolved against the
+directory of the file that wrote it, so a template's data path keeps meaning the same file when a
+child in another folder inherits it. ``pkg://package/sub/path`` points inside an installed package.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Keys whose string values are paths, resolved against the file that set them.
+PATH_KEYS = frozenset(
+    {
+        "data.raw_data_path",
+        "data.val_data_path",
+        "data.test_data_path",
+        "data.global_label_map",
+        "data.cache_dir",
+    }
+)
+# model.arch is a hub id *or* a path: resolved only when it is clearly a path.
+MAYBE_PATH_KEYS = frozenset({"model.arch"})
+
+OVERRIDE_SOURCE = "--set"
+DEFAULT_SOURCE = "default"
+
+
+@attrs.define(kw_only=True)
+class RawConfig:
+    """A merged config before validation."""
+
+    data: dict[str, Any]
+    provenance: dict[str, str]
+    files: list[Path]
+    path: Path | None
+
+    @property
+    def source_file(self) -> str:
+        return str(self.path) if self.path else "<dict>"
+
+
+def resolve_path(value: str, relative_to: Path, *, key: str = "path", source: str = "") -> str:
+    """Resolve a config path: ``pkg://pkg/sub`` inside an installed package, relative paths from ``relative_to``."""
+    if value.startswith("pkg://"):
+        rest = value[len("pkg://") :]
+        package, _, sub = rest.partition("/")
+        try:
+            import importlib.resources
+
+            root = importlib.resources.files(package)
+        except (ModuleNotFoundError, TypeError, ValueError):
+            where = f" ({source})" if source else ""
+            raise ConfigError(
+                [f"{key}: package {package!r} of {value!r} is not installed{where}"]
+            ) from None
+        return str(Path(str(root)) / sub) if sub else str(root)
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = relative_to / path
+    return str(path.resolve())
+
+
+def _looks_like_path(value: str, relative_to: Path) -> bool:
+    return (
+        value.startswith(("pkg://", "./", "../", "/", "~"))
+        or (relative_to / value).exists()
+    )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path, source: str, problems: list[str]) -> None:
+    for dotted in PATH_KEYS | MAYBE_PATH_KEYS:
+        parent: Any = data
+        *heads, last = dotted.split(".")
+        for head in heads:
+            parent = parent.get(head) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or not isinstance(parent.get(last), str):
+            continue
+        value = parent[last]
+        if dotted in MAYBE_PATH_KEYS and not _looks_like_path(value, base_dir):
+            continue
+        try:
+            parent[last] = resolve_path(value, base_dir, key=dotted, source=source)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+
+
+def _merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if referrer:
+            raise ConfigError([f"base_config: {path} does not exist ({referrer})"]) from None
+        raise ConfigError([f"{path}: config file does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def _load_chain(path: Path, seen: list[Path], referrer: str | None) -> tuple[dict, dict[str, str], list[Path]]:
+    path = path.resolve()
+    if path in seen:
+        cycle = " -> ".join(p.name for p in [*seen, path])
+        raise ConfigError([f"base_config: cycle {cycle} ({seen[-1]})"])
+    raw = _read_toml(path, referrer)
+    problems: list[str] = []
+    _resolve_paths(raw, path.parent, str(path), problems)
+    if problems:
+        raise ConfigError(problems)
+    base_ref = raw.get("base_config")
+    data: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    files = [path]
+    if base_ref is not None:
+        if not isinstance(base_ref, str):
+            raise ConfigError([f"base_config: expected a path string, got {type(base_ref).__name__} ({path})"])
+        base_path = Path(resolve_path(base_ref, path.parent, key="base_config", source=str(path)))
+        data, provenance, base_files = _load_chain(base_path, [*seen, path], str(path))
+        files.extend(base_files)
+    data = _merge(data, raw)
+    for key in _flatten(raw):
+        provenance[key] = str(path)
+    # A child's table replaces nothing by itself: provenance of inherited keys stays with the base.
+    return data, provenance, files
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``dotted.key=value``; the value is read as TOML (``1e-4``, ``[0.5, 0.5]``, ``true``), else a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4"])
+    value = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # bare words are strings: --set model.arch=bert-base-chinese
+    return key, parsed
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def load_raw(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, cwd: Path | None = None
+) -> RawConfig:
+    """Load a config file (following ``base_config``) or a dict, then apply ``--set`` overrides."""
+    cwd = cwd or Path.cwd()
+    if isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+        problems: list[str] = []
+        _resolve_paths(data, cwd, "<dict>", problems)
+        if problems:
+            raise ConfigError(problems)
+        provenance = {key: "<dict>" for key in _flatten(data)}
+        files: list[Path] = []
+        base_ref = data.get("base_config")
+        if isinstance(base_ref, str):
+            base_path = Path(resolve_path(base_ref, cwd, key="base_config"))
+            base, base_prov, files = _load_chain(base_path, [], "<dict>")
+            data = _merge(base, data)
+            provenance = {**base_prov, **provenance}
+        path = None
+    else:
+        path = Path(source).expanduser().resolve()
+        data, provenance, files = _load_chain(path, [], None)
+    override_data: dict[str, Any] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(override_data, key, value)
+    if override_data:
+        problems = []
+        _resolve_paths(override_data, cwd, OVERRIDE_SOURCE, problems)
+        if problems:
+            raise ConfigError(problems)
+        data = _merge(data, override_data)
+        for key in _flatten(override_data):
+            provenance[key] = OVERRIDE_SOURCE
+    return RawConfig(data=data, provenance=provenance, files=files, path=path)

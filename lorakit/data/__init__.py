@@ -1,0 +1,1 @@
+"""Data: sources → DataFrame, label maps + validation, tokenization, fingerprinted cache."""

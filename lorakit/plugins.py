@@ -1,0 +1,337 @@
+"""The plugin manager: entry-point loading, block/allow lists, typed registries, a typed hook wrapper.
+
+Core code never calls ``pm.hook.*`` directly; it goes through :class:`Plugins`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, did_you_mean
+from .specs import (
+    SPEC_KINDS,
+    BackboneSpec,
+    DataSourceSpec,
+    Device,
+    ExecutorSpec,
+    LossSpec,
+    LRSchedulerSpec,
+    MetricSpec,
+    TaskHeadSpec,
+    TuningMethodSpec,
+)
+
+ENTRY_POINT_GROUP = "lorakit"
+CORE_DISTRIBUTION = "lorakit"
+
+# Where a missing name is known to live: "install lorakit-roberta" beats "unknown backbone".
+KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
+    ("backbones", "roberta"): "lorakit-roberta",
+    ("task_heads", "ordinal"): "lorakit-ordinal",
+    ("losses", "coral"): "lorakit-ordinal",
+    ("executors", "ray"): "lorakit[ray]",
+}
+
+S = TypeVar("S")
+
+
+@attrs.define(kw_only=True, frozen=True)
+class PluginInfo:
+    """One registered plugin: where it came from and which hooks it implements."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+@attrs.define(kw_only=True, frozen=True)
+class LoadFailure:
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+
+    def message(self) -> str:
+        dist = f"{self.distribution} {self.version}" if self.distribution else "unknown distribution"
+        return f'Error loading plugin "{self.name}" ({dist}): {self.reason}'
+
+
+@attrs.define(kw_only=True, frozen=True)
+class Registered(Generic[S]):
+    spec: S
+    plugin: str
+    distribution: str | None
+
+
+class Registry(Generic[S]):
+    """Name → spec for one kind (metrics, losses, ...). Duplicate names are an error naming both sources."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Registered[S]] = {}
+
+    def add(self, spec: S, *, plugin: str, distribution: str | None) -> None:
+        expected = SPEC_KINDS[self.kind]
+        if not isinstance(spec, expected):
+            raise PluginError(
+                f"plugin {plugin!r} registered a {type(spec).__name__} as {self.kind}; "
+                f"expected {expected.__name__}"
+            )
+        name = spec.name  # type: ignore[attr-defined]
+        if name in self._items:
+            first = self._items[name]
+            raise PluginError(
+                f"{self.kind[:-1].replace('_', ' ')} {name!r} is registered twice: by plugin "
+                f"{first.plugin!r} ({first.distribution or 'no distribution'}) and by plugin "
+                f"{plugin!r} ({distribution or 'no distribution'})"
+            )
+        self._items[name] = Registered(spec=spec, plugin=plugin, distribution=distribution)
+
+    def get(self, name: str) -> S:
+        try:
+            return self._items[name].spec
+        except KeyError:
+            raise PluginError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        singular = self.kind[:-1].replace("_", " ")
+        known = ", ".join(sorted(self._items)) or "none"
+        msg = f"unknown {singular} {name!r}{did_you_mean(name, self._items)}; available: {known}"
+        provider = KNOWN_PROVIDERS.get((self.kind, name))
+        if provider:
+            msg += f"; {name!r} is provided by {provider}: pip install {provider}"
+        return msg
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def specs(self) -> list[S]:
+        return [self._items[n].spec for n in self]
+
+    def source(self, name: str) -> Registered[S]:
+        return self._items[name]
+
+
+def _split_env(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers each plugin's distribution and the plugins that failed to load."""
+
+    def __init__(self) -> None:
+        super().__init__("lorakit")
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, tuple[str | None, str | None]] = {}
+        self.failures: list[LoadFailure] = []
+
+    def register_plugin(
+        self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None
+    ) -> None:
+        self.register(plugin, name=name)
+        self.distributions[name] = (distribution, version)
+
+    def load_entrypoints(
+        self,
+        *,
+        disable: set[str] | None = None,
+        allow: set[str] | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        """Load every ``lorakit`` entry point, skipping blocked ones; a broken plugin is reported, not fatal.
+
+        ``allow`` (``LORAKIT_LOAD_PLUGINS``) restricts third-party plugins; the built-ins of the lorakit
+        distribution itself are essential and always load unless named in ``disable``.
+        """
+        disable = disable or set()
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            if ep.name in disable or (dist and dist in disable):
+                continue
+            essential = dist == CORE_DISTRIBUTION
+            if allow is not None and not essential and ep.name not in allow and dist not in allow:
+                continue
+            if self.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.register_plugin(plugin, ep.name, dist, version)
+            except Exception as exc:  # a broken plugin must never take the CLI down
+                failure = LoadFailure(
+                    name=ep.name, distribution=dist, version=version, reason=f"{type(exc).__name__}: {exc}"
+                )
+                self.failures.append(failure)
+                (report or _stderr)(failure.message())
+        self.check_pending()
+
+    def infos(self) -> list[PluginInfo]:
+        result = []
+        for name, plugin in self.list_name_plugin():
+            dist, version = self.distributions.get(name, (None, None))
+            hooks = tuple(sorted(h.name for h in self.get_hookcallers(plugin) or []))
+            result.append(PluginInfo(name=name, distribution=dist, version=version, hooks=hooks))
+        return sorted(result, key=lambda p: p.name)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def new_manager(*, load_entrypoints: bool = True, report: Callable[[str], None] | None = None) -> PluginManager:
+    """A fresh manager honouring ``LORAKIT_DISABLE_PLUGINS`` and ``LORAKIT_LOAD_PLUGINS``."""
+    pm = PluginManager()
+    if load_entrypoints:
+        pm.load_entrypoints(
+            disable=_split_env(os.environ.get("LORAKIT_DISABLE_PLUGINS")),
+            allow=_split_env(os.environ.get("LORAKIT_LOAD_PLUGINS")),
+            report=report,
+        )
+    return pm
+
+
+class Plugins:
+    """Typed access to the hooks: one method per hook, registries built once and cached."""
+
+    def __init__(self, pm: PluginManager):
+        self.pm = pm
+        self._registries: dict[str, Registry[Any]] = {}
+
+    def _registry(self, kind: str) -> Registry[Any]:
+        if kind not in self._registries:
+            registry: Registry[Any] = Registry(kind)
+            hook = getattr(self.pm.hook, f"lorakit_register_{kind}")
+            # Each implementation gets its own `register`, so a clash can name both distributions.
+            for impl in hook.get_hookimpls():
+                dist = self.pm.distributions.get(impl.plugin_name, (None, None))[0]
+
+                def register(spec: Any, _plugin: str = impl.plugin_name, _dist: str | None = dist) -> None:
+                    registry.add(spec, plugin=_plugin, distribution=_dist)
+
+                impl.function(register)
+            self._registries[kind] = registry
+        return self._registries[kind]
+
+    def registries(self) -> dict[str, Registry[Any]]:
+        return {kind: self._registry(kind) for kind in SPEC_KINDS}
+
+    def backbones(self) -> Registry[BackboneSpec]:
+        return self._registry("backbones")
+
+    def tuning_methods(self) -> Registry[TuningMethodSpec]:
+        return self._registry("tuning_methods")
+
+    def task_heads(self) -> Registry[TaskHeadSpec]:
+        return self._registry("task_heads")
+
+    def losses(self) -> Registry[LossSpec]:
+        return self._registry("losses")
+
+    def metrics(self) -> Registry[MetricSpec]:
+        return self._registry("metrics")
+
+    def lr_schedulers(self) -> Registry[LRSchedulerSpec]:
+        return self._registry("lr_schedulers")
+
+    def data_sources(self) -> Registry[DataSourceSpec]:
+        return self._registry("data_sources")
+
+    def executors(self) -> Registry[ExecutorSpec]:
+        return self._registry("executors")
+
+    def data_source_for(self, path: str) -> DataSourceSpec:
+        """The data source whose suffix matches ``path`` (longest suffix wins: ``.jsonl`` before ``.json``)."""
+        lowered = str(path).lower()
+        best: tuple[int, DataSourceSpec] | None = None
+        for spec in self.data_sources().specs():
+            for suffix in spec.suffixes:
+                if lowered.endswith(suffix.lower()) and (best is None or len(suffix) > best[0]):
+                    best = (len(suffix), spec)
+        if best is None:
+            known = sorted({s for spec in self.data_sources().specs() for s in spec.suffixes})
+            raise PluginError(f"{path}: no data source reads this file type; known suffixes: {', '.join(known)}")
+        return best[1]
+
+    def resolve_backbone(self, model_config: Any) -> str | None:
+        return self.pm.hook.lorakit_resolve_backbone(model_config=model_config)
+
+    def detect_devices(self) -> list[Device]:
+        result = self.pm.hook.lorakit_detect_devices()
+        return list(result or [])
+
+    def on_run_start(self, *, exp_id: str, config: Mapping[str, Any], output_dir: str) -> None:
+        self.pm.hook.lorakit_on_run_start(exp_id=exp_id, config=config, output_dir=output_dir)
+
+    def on_epoch_end(self, *, exp_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.pm.hook.lorakit_on_epoch_end(exp_id=exp_id, epoch=epoch, metrics=metrics)
+
+    def on_run_end(self, *, exp_id: str, status: str, metrics: Mapping[str, Any], output_dir: str) -> None:
+        self.pm.hook.lorakit_on_run_end(exp_id=exp_id, status=status, metrics=metrics, output_dir=output_dir)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``lorakit plugins --json`` prints: one dict per plugin (and one per load failure)."""
+        registered: dict[str, dict[str, list[str]]] = {}
+        for kind, registry in self.registries().items():
+            for name in registry:
+                registered.setdefault(registry.source(name).plugin, {}).setdefault(kind, []).append(name)
+        rows: list[dict[str, Any]] = []
+        for info in self.pm.infos():
+            rows.append(
+                {
+                    "name": info.name,
+                    "kind": "builtin" if info.distribution == CORE_DISTRIBUTION else "external",
+                    "distribution": info.distribution,
+                    "version": info.version,
+                    "hooks": list(info.hooks),
+                    "registered": registered.get(info.name, {}),
+                    "error": None,
+                }
+            )
+        for failure in self.pm.failures:
+            rows.append(
+                {
+                    "name": failure.name,
+                    "kind": "builtin" if failure.distribution == CORE_DISTRIBUTION else "external",
+                    "distribution": failure.distribution,
+                    "version": failure.version,
+                    "hooks": [],
+                    "registered": {},
+                    "error": failure.reason,
+                }
+            )
+        return rows
+
+
+_current: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugins, loaded from entry points on first use."""
+    global _current
+    if _current is None:
+        _current = Plugins(new_manager())
+    return _current
+
+
+def set_plugins(plugins: Plugins | None) -> Plugins | None:
+    """Swap the process-wide plugins (tests, embedding); returns the previous ones."""
+    global _current
+    previous, _current = _current, plugins
+    return previous

@@ -1,0 +1,146 @@
+"""What plugins register: one frozen attrs class per kind of thing.
+
+Each spec carries a unique ``name`` and the callables that do the work. Heavy libraries
+(torch, pandas) are imported inside those callables, never at module import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+
+@attrs.define(kw_only=True, frozen=True)
+class MetricSpec:
+    """A metric over integer class predictions of one task.
+
+    ``compute(y_true, y_pred, num_labels)`` takes two 1-D integer numpy arrays and returns a float.
+    """
+
+    name: str
+    compute: Callable[..., float]
+    greater_is_better: bool = True
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class LossSpec:
+    """A loss for one task.
+
+    ``build(num_labels=..., class_weights=..., **options)`` returns a ``torch.nn.Module`` whose
+    ``forward(logits, labels)`` returns a scalar tensor. ``options`` come from ``train.loss_options``.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class LRSchedulerSpec:
+    """An LR schedule: ``build(optimizer, num_warmup_steps, num_training_steps)`` → torch LR scheduler."""
+
+    name: str
+    build: Callable[..., Any]
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class ReadOptions:
+    """How a data source decodes a file."""
+
+    encoding: str = "utf-8"
+    encoding_errors: str = "strict"
+
+
+@attrs.define(kw_only=True, frozen=True)
+class DataSourceSpec:
+    """A reader for files with the given suffixes: ``read(path, options: ReadOptions)`` → pandas.DataFrame."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[..., Any]
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class BackboneSpec:
+    """An encoder family.
+
+    ``load_model(path_or_id)`` returns the bare encoder (no task head); ``load_tokenizer(path_or_id)``
+    its fast tokenizer. ``target_modules`` are the default LoRA targets (``None``: detect them).
+    ``model_types`` are the HF ``config.model_type`` values this backbone serves.
+    ``activation_factor`` is the per-token activation constant used by memory estimates
+    (bytes per batch x token x hidden x layer, fp32).
+    """
+
+    name: str
+    model_types: tuple[str, ...] = ()
+    load_model: Callable[..., Any]
+    load_tokenizer: Callable[..., Any]
+    target_modules: tuple[str, ...] | None = None
+    pooling: str = "cls"
+    activation_factor: float = 34.0
+    provided_by: str = ""
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class TuningMethodSpec:
+    """How the encoder is adapted: ``apply(model, target_modules, options: dict)`` → adapted model."""
+
+    name: str
+    apply: Callable[..., Any]
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class TaskHeadSpec:
+    """A task head: ``build(hidden_size, num_labels, options: dict)`` → ``torch.nn.Module`` producing logits.
+
+    ``probabilities(logits)`` turns the head's output into per-class probabilities (default: softmax);
+    a head whose logits are not one per class (ordinal heads) supplies its own, and a matching loss.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    probabilities: Callable[..., Any] | None = None
+    default_loss: str | None = None
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class ExecutorSpec:
+    """Where ``run-parallel`` runs jobs: ``create(**options)`` returns an executor object."""
+
+    name: str
+    create: Callable[..., Any]
+    extra: str | None = None
+    description: str = ""
+
+
+@attrs.define(kw_only=True, frozen=True)
+class Device:
+    """One device of the inventory. Memory in MiB; ``kind`` is ``cuda`` or ``cpu``."""
+
+    index: int
+    name: str
+    kind: str = "cuda"
+    total_mb: int = 0
+    free_mb: int = 0
+    used_mb: int = 0
+    utilization: float | None = None
+
+
+SPEC_KINDS: dict[str, type] = {
+    "backbones": BackboneSpec,
+    "tuning_methods": TuningMethodSpec,
+    "task_heads": TaskHeadSpec,
+    "losses": LossSpec,
+    "metrics": MetricSpec,
+    "lr_schedulers": LRSchedulerSpec,
+    "data_sources": DataSourceSpec,
+    "executors": ExecutorSpec,
+}

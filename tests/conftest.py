@@ -1,0 +1,45 @@
+"""Shared fixtures. Plugin-author fixtures (tiny models, fresh managers) come from lorakit.testing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run the real ``lorakit`` command in a subprocess."""
+    import os
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lorakit", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def label_map_file(tmp_path: Path) -> Path:
+    path = tmp_path / "global_label_map.json"
+    labels = ["低风险", "中风险", "高风险", "采纳", "不采纳"]
+    path.write_text(json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8")
+    return path
