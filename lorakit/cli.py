@@ -22,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "plugins": "lorakit.commands.plugins:plugins",
     "config": "lorakit.commands.config:config",
     "cache": "lorakit.commands.cache:cache",
+    "ls": "lorakit.commands.browse:ls",
+    "compare": "lorakit.commands.browse:compare",
+    "show": "lorakit.commands.browse:show",
+    "rollback": "lorakit.commands.browse:rollback",
+    "index": "lorakit.commands.browse:index",
 }
 
 

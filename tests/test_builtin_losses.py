@@ -39,8 +39,10 @@ def test_cross_entropy_matches_torch(
     plugins: Plugins, batch: tuple[torch.Tensor, torch.Tensor], weights: list[float] | None, smoothing: float
 ) -> None:
     logits, labels = batch
-    loss = plugins.losses().get("cross_entropy").build(
-        num_labels=3, class_weights=weights, label_smoothing=smoothing
+    loss = (
+        plugins.losses()
+        .get("cross_entropy")
+        .build(num_labels=3, class_weights=weights, label_smoothing=smoothing)
     )
     expected = F.cross_entropy(
         logits,

@@ -22,7 +22,9 @@ def plugins() -> Plugins:
     return Plugins(pm)
 
 
-def lrs(plugins: Plugins, name: str, warmup: int = WARMUP, total: int = TOTAL, steps: int = TOTAL + 5) -> list[float]:
+def lrs(
+    plugins: Plugins, name: str, warmup: int = WARMUP, total: int = TOTAL, steps: int = TOTAL + 5
+) -> list[float]:
     """The learning rate in force at each optimizer step 0..steps-1."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=BASE_LR)

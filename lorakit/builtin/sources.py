@@ -39,11 +39,12 @@ def _read_bytes(path: str | Path) -> bytes:
         raise DataError(f"{path}: cannot read: {_one_line(exc.strerror or exc)}") from None
 
 
-def _decode(path: str | Path, options: ReadOptions, unit: str) -> str:
-    """Read and decode ``path`` once; ``unit`` is how a failure's position is given: ``row``, ``line``.
+def _decode(path: str | Path, options: ReadOptions, header_lines: int | None) -> str:
+    """Read and decode ``path`` once.
 
-    ``row`` counts data rows below a one-line header (physical lines, so a quoted multi-line field
-    shifts it: good enough to find the spot); ``line`` counts lines from 1.
+    A failure's position is given as a data row counted from 1 below ``header_lines`` lines of
+    header (physical lines, so a quoted multi-line field shifts it: good enough to find the spot), or
+    as a line number when ``header_lines`` is None (a JSON document has no rows to speak of).
     """
     data = _read_bytes(path)
     if not data:
@@ -60,9 +61,9 @@ def _decode(path: str | Path, options: ReadOptions, unit: str) -> str:
     except UnicodeDecodeError as exc:
         # Decode the good prefix to count lines: counting b"\n" would be wrong for UTF-16 and friends.
         line = data[: exc.start].decode(options.encoding, "replace").count("\n") + 1
-        where = f"{unit} {line}"
-        if unit == "row":
-            where = "header line" if line == 1 else f"row {line - 1}"
+        where = f"line {line}"
+        if header_lines is not None:
+            where = "header" if line <= header_lines else f"row {line - header_lines}"
         raise DataError(
             f"{path}: not valid {options.encoding} at byte {exc.start} ({where}); "
             'set data.encoding or data.encoding_errors = "replace" to read it anyway'
@@ -80,7 +81,7 @@ def _checked(path: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
 def _read_delimited(path: str | Path, options: ReadOptions, sep: str) -> pd.DataFrame:
     import pandas as pd
 
-    text = _decode(path, options, "row")
+    text = _decode(path, options, header_lines=1)
     try:
         # No dtype=str: numeric columns stay numeric because later code bins them.
         frame = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=True)
@@ -112,7 +113,7 @@ def _frame_from_records(path: str | Path, records: list[Any], where: Callable[[i
 
 def read_jsonl(path: str | Path, options: ReadOptions | None = None) -> pd.DataFrame:
     """Read JSON Lines: one JSON object per line; blank lines are skipped."""
-    text = _decode(path, options or ReadOptions(), "line")
+    text = _decode(path, options or ReadOptions(), header_lines=0)
     records: list[Any] = []
     line_numbers: list[int] = []
     # Parsed line by line (not pandas.read_json) so an error can name its line, and so strings
@@ -136,7 +137,7 @@ def read_json(path: str | Path, options: ReadOptions | None = None) -> pd.DataFr
     """Read a JSON array of records, or an object of columns (pandas' ``columns`` orient, or lists)."""
     import pandas as pd
 
-    text = _decode(path, options or ReadOptions(), "line")
+    text = _decode(path, options or ReadOptions(), header_lines=None)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:

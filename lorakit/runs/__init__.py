@@ -1,0 +1,1 @@
+"""Experiment folders: layout and snapshots, the experiment index, compare and rollback."""
