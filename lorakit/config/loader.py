@@ -56,22 +56,36 @@ class RawConfig:
 def resolve_path(value: str, relative_to: Path, *, key: str = "path", source: str = "") -> str:
     """Resolve a config path: ``pkg://pkg/sub`` inside an installed package, relative paths from ``relative_to``."""
     if value.startswith("pkg://"):
-        rest = value[len("pkg://") :]
-        package, _, sub = rest.partition("/")
-        try:
-            import importlib.resources
-
-            root = importlib.resources.files(package)
-        except (ModuleNotFoundError, TypeError, ValueError):
+        package, _, sub = value[len("pkg://") :].partition("/")
+        root = _package_dir(package)
+        if root is None:
             where = f" ({source})" if source else ""
-            raise ConfigError(
-                [f"{key}: package {package!r} of {value!r} is not installed{where}"]
-            ) from None
-        return str(Path(str(root)) / sub) if sub else str(root)
+            raise ConfigError([f"{key}: package {package!r} of {value!r} is not installed{where}"])
+        return str(root / sub) if sub else str(root)
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = relative_to / path
     return str(path.resolve())
+
+
+def _package_dir(package: str) -> Path | None:
+    """Where an installed package lives, found *without importing it* (importing may run broken code)."""
+    import importlib.util
+
+    top, _, rest = package.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        base = Path(next(iter(spec.submodule_search_locations)))
+    elif spec.origin:
+        base = Path(spec.origin).parent
+    else:
+        return None
+    return base.joinpath(*rest.split(".")) if rest else base
 
 
 def _looks_like_path(value: str, relative_to: Path) -> bool:

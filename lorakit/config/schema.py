@@ -3,6 +3,7 @@
 Each error reads ``dotted.key: problem (file that set it)``.
 """
 
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -223,9 +224,10 @@ _converter = _make_converter()
 def _attrs_class(tp: Any) -> type | None:
     if attrs.has(tp):
         return tp
-    for arg in get_args(tp):
-        if attrs.has(arg):
-            return arg
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[SomeTable]
+        for arg in get_args(tp):
+            if attrs.has(arg):
+                return arg
     return None
 
 

@@ -1,11 +1,29 @@
-"""The global label map: ``{label: global id}``, the one truth for label names."""
+"""Label maps: the global map (``{label: global id}``, the one truth for label names), per-task label
+lists with contiguous ids, and the check that turns a frame's label strings into those ids.
+
+No heavy imports at module level: the config schema imports this module to validate subsets.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+import attrs
+
+from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from ..config.schema import ExperimentConfig
+
+TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
+# How many offending rows an error message quotes: enough to spot a pattern, short enough for one line.
+QUOTED_ROWS = 5
 
 
 def read_global_label_map(path: str | Path) -> dict[str, int]:
@@ -16,9 +34,168 @@ def read_global_label_map(path: str | Path) -> dict[str, int]:
         raise ConfigError([f"{path}: global label map does not exist"]) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read global label map: {exc}"]) from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in data.items()):
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in data.items()
+    ):
         raise ConfigError([f"{path}: expected a JSON object {{label: integer id}}"])
     ids = list(data.values())
     if len(set(ids)) != len(ids):
         raise ConfigError([f"{path}: global ids must be unique"])
     return data
+
+
+@attrs.define(kw_only=True, frozen=True)
+class TaskLabels:
+    """One task: its name (= its label column), labels in id order and their global ids."""
+
+    name: str
+    labels: list[str]
+    global_ids: list[int | None]
+
+    def id_of(self) -> dict[str, int]:
+        """``{label: contiguous id}``."""
+        return {label: i for i, label in enumerate(self.labels)}
+
+
+@attrs.define(kw_only=True, frozen=True)
+class LabelMap:
+    """Every task of an experiment, in task order (what ``label_map.json`` records)."""
+
+    tasks: list[TaskLabels]
+
+    @property
+    def task_type(self) -> str:
+        return TASK_TYPES[min(len(self.tasks), 3) - 1]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskLabels:
+        """The task called ``name``; KeyError listing the tasks otherwise."""
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no task {name!r}; tasks: {self.names}")
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"task_type": ..., "tasks": {name: {"labels": [...], "global_ids": [...]}}}``, in task order."""
+        return {
+            "task_type": self.task_type,
+            "tasks": {
+                t.name: {"labels": list(t.labels), "global_ids": list(t.global_ids)} for t in self.tasks
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LabelMap:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            tasks=[
+                TaskLabels(name=name, labels=list(spec["labels"]), global_ids=list(spec["global_ids"]))
+                for name, spec in data["tasks"].items()
+            ]
+        )
+
+
+def _subset_key(cfg: ExperimentConfig, task: str) -> str:
+    return f"data.label_subset.{task}" if isinstance(cfg.data.label_subset, dict) else "data.label_subset"
+
+
+def configured_labels(cfg: ExperimentConfig) -> dict[str, list[str] | None]:
+    """Each task's labels as far as config and global map decide them; None where only the data can tell.
+
+    Single-label without ``label_subset`` takes every label of the global map in global-id order; with no
+    global map either, the labels come from the data (``None`` here).
+    """
+    global_map = read_global_label_map(cfg.data.global_label_map) if cfg.data.global_label_map else None
+    result: dict[str, list[str] | None] = {}
+    for task in cfg.task_columns:
+        labels = cfg.task_labels(task)
+        if labels is None and global_map is not None:
+            labels = sorted(global_map, key=global_map.__getitem__)
+        result[task] = labels
+    return result
+
+
+def build_label_map(
+    cfg: ExperimentConfig, *, data_labels: Mapping[str, Sequence[str]] | None = None
+) -> LabelMap:
+    """The experiment's label map from the config and the global map.
+
+    ``data_labels`` supplies the labels of tasks the config leaves open (no ``label_subset`` and no global
+    map); :func:`lorakit.data.prepare_data` passes the distinct labels it found. Without it such a config
+    raises ConfigError. Every label must be in the global map when one is configured.
+    """
+    global_map = read_global_label_map(cfg.data.global_label_map) if cfg.data.global_label_map else None
+    tasks: list[TaskLabels] = []
+    for task, labels in configured_labels(cfg).items():
+        if labels is None:
+            if data_labels is None or task not in data_labels:
+                raise ConfigError(
+                    [
+                        f"{_subset_key(cfg, task)}: the labels of {task!r} come from the data (no "
+                        "label_subset and no data.global_label_map); call prepare_data, or set one of them"
+                    ]
+                )
+            labels = list(data_labels[task])
+        if global_map is None:
+            global_ids: list[int | None] = [None] * len(labels)
+        else:
+            missing = [label for label in labels if label not in global_map]
+            if missing:
+                raise ConfigError(
+                    [f"{_subset_key(cfg, task)}: labels {missing} are not in {cfg.data.global_label_map}"]
+                )
+            global_ids = [global_map[label] for label in labels]
+        tasks.append(TaskLabels(name=task, labels=list(labels), global_ids=global_ids))
+    return LabelMap(tasks=tasks)
+
+
+def _quote(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # NaN: an empty cell
+        return "<empty>"
+    return repr(value)
+
+
+def encode_labels(
+    frame: pd.DataFrame,
+    label_map: LabelMap,
+    *,
+    path: str,
+    drop_unknown: bool,
+    fixes: Mapping[str, str] | None = None,
+    context: Mapping[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Map each task column of ``frame`` (label strings, NaN for none) to contiguous ids.
+
+    Returns ``(ids [n, tasks] int64, keep mask, {task: rows dropped})``. A row whose label is outside the
+    task's labels is an error naming the file, the column, how many rows, the first row numbers and values,
+    and the fix, unless ``drop_unknown``. ``frame["__row__"]`` holds 1-based row numbers of the file;
+    ``unknown_hints`` adds per-task context (e.g. a derive rule's source values) to the message.
+    """
+    import numpy as np
+
+    n = len(frame)
+    ids = np.zeros((n, len(label_map.tasks)), dtype=np.int64)
+    keep = np.ones(n, dtype=bool)
+    dropped: dict[str, int] = {}
+    for j, task in enumerate(label_map.tasks):
+        codes = frame[task.name].map(task.id_of())  # unknown and NaN both become NaN
+        bad = codes.isna().to_numpy()
+        count = int(bad.sum())
+        if count and not drop_unknown:
+            rows = frame["__row__"].to_numpy()[bad][:QUOTED_ROWS]
+            values = frame[task.name].to_numpy()[bad][:QUOTED_ROWS]
+            listed = ", ".join(f"row {r}: {_quote(v)}" for r, v in zip(rows, values, strict=True))
+            more = ", ..." if count > QUOTED_ROWS else ""
+            extra = (context or {}).get(task.name, "")
+            fix = (fixes or {}).get(task.name, "add the label to data.label_subset")
+            raise DataError(
+                f"{path}: column {task.name!r}: {count} row(s) have a label outside {task.labels} "
+                f"({listed}{more}){extra}; {fix}, or set data.drop_unknown_labels = true to drop these rows"
+            )
+        dropped[task.name] = count
+        keep &= ~bad
+        ids[~bad, j] = codes[~bad].to_numpy(dtype=np.int64)
+    return ids, keep, dropped

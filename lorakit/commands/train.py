@@ -1,0 +1,65 @@
+"""``lorakit train`` and ``lorakit predict``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its newest checkpoint.")
+@click.option("--force", is_flag=True, help="Replace an existing experiment folder.")
+@click.option("--outputs", type=click.Path(file_okay=False), help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).")
+def train(config_path: str, overrides: tuple[str, ...], resume: bool, force: bool, outputs: str | None) -> None:
+    """Train the experiment described by CONFIG_PATH."""
+    from ..errors import LorakitError
+    from ..experiment import Experiment
+    from ..training.loop import RunStopped
+
+    if resume and force:
+        raise LorakitError("--resume and --force exclude each other")
+    experiment = Experiment(config_path, overrides, outputs=outputs)
+    try:
+        result = experiment.run(resume=resume, force=force)
+    except RunStopped as stop:
+        click.echo(f"{experiment.config.exp_id}: {stop}", err=True)
+        sys.exit(stop.exit_code)
+    best = result.best
+    click.echo(f"{result.exp_id}: completed, best epoch {best.get('epoch')}")
+    for key, value in best.items():
+        if key != "epoch" and isinstance(value, float) and key.endswith(("f1", "accuracy")):
+            click.echo(f"  {key:<28} {value:.4f}")
+    click.echo(f"outputs: {result.output_dir}")
+
+
+@click.command()
+@click.argument("exp", required=False)
+@click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True), help="CSV/TSV/JSONL file.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Where to write (same format).")
+@click.option("--outputs", type=click.Path(file_okay=False), help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).")
+@click.option("--batch-size", default=64, show_default=True)
+def predict(
+    exp: str | None, texts: tuple[str, ...], input_path: str | None, output_path: str | None, outputs: str | None,
+    batch_size: int,
+) -> None:
+    """Classify texts with experiment EXP (default: the active experiment)."""
+    from ..errors import LorakitError
+    from ..experiment import Experiment
+
+    if bool(texts) == bool(input_path):
+        raise LorakitError("give either --text (one or more) or --input FILE")
+    predictor = Experiment.load(exp, outputs=outputs)
+    if texts:
+        for text, result in zip(texts, predictor.predict(list(texts), batch_size=batch_size)):
+            click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
+        return
+    from ..predicting import predict_file
+
+    written = predict_file(predictor, input_path, output_path, batch_size=batch_size)
+    if output_path:
+        click.echo(f"{written} rows → {output_path}", err=True)

@@ -1,0 +1,223 @@
+"""From a config to tokenized, labelled, split arrays: served from the fingerprint cache when it can be,
+built (read → derive → validate → sample → split → tokenize) and stored when it cannot."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..errors import DataError
+from .cache import CacheWarning, CorruptEntry, LoadedEntry, discard, entry_path, read_entry, write_entry
+from .cache import cache_root as default_cache_root
+from .fingerprint import file_inputs, fingerprint_inputs, fingerprint_key
+from .labels import LabelMap, build_label_map, configured_labels, encode_labels
+from .reading import ROW, Table, empty_text_mask, read_table
+from .splits import sample_indices, stratified_split
+from .tokenize import TokenizedSplit, tokenize_texts
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..config.schema import ExperimentConfig
+    from ..plugins import Plugins
+
+
+@attrs.define(kw_only=True, frozen=True)
+class PreparedData:
+    """What the trainer consumes: the label map, the tokenized splits, and where they came from.
+
+    On a hit the split arrays are read-only memory maps of the cache files; copy before writing to them.
+    """
+
+    label_map: LabelMap
+    splits: dict[str, TokenizedSplit]  # "train", "val", and "test" when configured
+    fingerprint: str  # the cache key (sha256 hex)
+    cache_path: Path
+    hit: bool
+    stats: dict[str, Any]  # rows read, dropped, sampled, split sizes, truncated rows
+
+
+def prepare_data(
+    cfg: ExperimentConfig,
+    *,
+    tokenizer_loader: Callable[[], Any],
+    plugins: Plugins | None = None,
+    cache_root: str | Path | None = None,
+) -> PreparedData:
+    """Tokenized splits for ``cfg``, from the cache on a hit (memory-mapped, no tokenizer needed) or built.
+
+    ``tokenizer_loader`` is called only on a miss. ``cache_root`` defaults to :func:`lorakit.data.cache_root`.
+    A cache entry that fails its checks is rebuilt with a :class:`CacheWarning`. Bad data raises a one-line
+    :class:`~lorakit.errors.DataError`.
+    """
+    from .. import __version__
+    from ..plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    root = Path(cache_root) if cache_root is not None else default_cache_root(cfg)
+    inputs = fingerprint_inputs(cfg, plugins)
+    key = fingerprint_key(inputs)
+    path = entry_path(root, key)
+    loaded = load_verified(path, key)
+    if loaded is not None:
+        return from_entry(loaded, hit=True)
+    label_map, splits, stats = build_splits(cfg, plugins, tokenizer_loader)
+    sources = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
+    now = file_inputs(cfg, plugins)
+    changed = [sources[role] for role in now if now[role] != inputs["files"][role]]
+    if changed:
+        # Storing now would file data read from the new bytes under the old bytes' key.
+        raise DataError(f"{changed[0]}: the file changed while it was being read; run again")
+    meta = {
+        "lorakit_version": __version__,
+        "inputs": inputs,
+        "sources": sources,
+        "tokenizer_source": cfg.model.arch,
+        "label_map": label_map.to_json(),
+        "stats": stats,
+        "splits": {name: {"rows": len(s), "tokens": int(s.offsets[-1])} for name, s in splits.items()},
+    }
+    final = write_entry(root, key, meta, splits)
+    return PreparedData(
+        label_map=label_map, splits=splits, fingerprint=key, cache_path=final, hit=False, stats=stats
+    )
+
+
+def load_verified(path: Path, key: str) -> LoadedEntry | None:
+    """The entry at ``path`` if it passes its checks; a failing one is discarded with a warning."""
+    try:
+        return read_entry(path, key)
+    except CorruptEntry as exc:
+        warnings.warn(f"cache entry {path} is damaged ({exc}); rebuilding it", CacheWarning, stacklevel=3)
+        discard(path)
+        return None
+
+
+def from_entry(entry: LoadedEntry, *, hit: bool) -> PreparedData:
+    """A verified cache entry as :class:`PreparedData` (splits in train, val, test order)."""
+    splits = {
+        name: TokenizedSplit(**{a: arrays[a] for a in ("ids", "offsets", "labels", "rows")})
+        for name, arrays in sorted(entry.splits.items(), key=lambda kv: ("train", "val", "test").index(kv[0]))
+    }
+    return PreparedData(
+        label_map=LabelMap.from_json(entry.meta["label_map"]),
+        splits=splits,
+        fingerprint=entry.meta["key"],
+        cache_path=entry.path,
+        hit=hit,
+        stats=entry.meta.get("stats", {}),
+    )
+
+
+# ---- building ----------------------------------------------------------------------------------
+
+
+def _read_all(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Table]:
+    paths = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
+    return {role: read_table(p, cfg, plugins) for role, p in paths.items() if p is not None}
+
+
+def _data_labels(cfg: ExperimentConfig, train: Table) -> dict[str, list[str]]:
+    """Labels of tasks the config leaves open: a derive rule's labels in rule order, else the sorted
+    distinct labels of the training file."""
+    result = {}
+    for task, labels in configured_labels(cfg).items():
+        if labels is None:
+            rule = cfg.data.derive.get(task)
+            result[task] = list(rule.labels) if rule else sorted(train.frame[task].dropna().unique())
+    return result
+
+
+def _fixes(cfg: ExperimentConfig) -> dict[str, str]:
+    """The fix an unknown-label error suggests, per task."""
+    fixes = {}
+    for task, labels in configured_labels(cfg).items():
+        if task in cfg.data.derive:
+            fixes[task] = f"widen data.derive.{task}.bins or fill the empty cells"
+        elif cfg.task_labels(task) is not None:
+            fixes[task] = "fix the cells or add the label to data.label_subset (and the global label map)"
+        elif labels is not None:
+            fixes[task] = f"fix the cells or add the label to {cfg.data.global_label_map}"
+        else:
+            fixes[task] = "fix the cells (the labels are those of the training file)"
+    return fixes
+
+
+def build_splits(
+    cfg: ExperimentConfig, plugins: Plugins, tokenizer_loader: Callable[[], Any]
+) -> tuple[LabelMap, dict[str, TokenizedSplit], dict[str, Any]]:
+    """Read, validate, sample, split and tokenize; the cache-free core of :func:`prepare_data`."""
+    import numpy as np
+
+    d = cfg.data
+    tables = _read_all(cfg, plugins)
+    stats: dict[str, Any] = {
+        "rows_read": {role: len(t.frame) for role, t in tables.items()},
+        "dropped_empty_text": {},
+        "dropped_unknown_label": {},
+    }
+    # Empty texts first: a blank row usually lacks its label too, and "empty text" is the better message.
+    for role, table in tables.items():
+        empty = empty_text_mask(table, d.text_column, drop=d.drop_empty_text)
+        table.frame = table.frame[~empty]
+        stats["dropped_empty_text"][role] = int(empty.sum())
+    label_map = build_label_map(cfg, data_labels=_data_labels(cfg, tables["raw"]))
+    encoded: dict[str, tuple[Table, np.ndarray]] = {}
+    for role, table in tables.items():
+        ids, keep, dropped = encode_labels(
+            table.frame,
+            label_map,
+            path=table.path,
+            drop_unknown=d.drop_unknown_labels,
+            fixes=_fixes(cfg),
+            context=table.hints,
+        )
+        table.frame = table.frame[keep]
+        stats["dropped_unknown_label"][role] = dropped
+        if len(table.frame) == 0:
+            raise DataError(f"{table.path}: no rows left after dropping empty texts and unknown labels")
+        encoded[role] = (table, ids[keep])
+
+    raw, raw_ids = encoded["raw"]
+    picked = sample_indices(len(raw.frame), d.max_rows, d.sample_seed)
+    stats["sampled"] = (
+        {"from": len(raw.frame), "rows": len(picked), "seed": d.sample_seed}
+        if len(picked) < len(raw.frame)
+        else None
+    )
+    # Stratify on the label strings, not the ids, so that reordering label_subset keeps the same split.
+    first_labels = np.asarray(label_map.tasks[0].labels)
+    parts = stratified_split(
+        first_labels[raw_ids[picked, 0]],
+        val_ratio=d.val_ratio if "val" not in tables else 0.0,
+        test_ratio=d.test_ratio if "test" not in tables else 0.0,
+        seed=cfg.seed,
+    )
+    chosen: dict[str, tuple[Table, np.ndarray, np.ndarray]] = {
+        name: (raw, picked[idx], raw_ids[picked[idx]]) for name, idx in parts.items()
+    }
+    for role in ("val", "test"):
+        if role in encoded:
+            table, ids = encoded[role]
+            chosen[role] = (table, np.arange(len(table.frame)), ids)
+    for name in ("train", "val"):
+        if name in chosen and len(chosen[name][1]) == 0:
+            raise DataError(f"{d.raw_data_path}: too few rows ({len(picked)}) for a {name} split; add rows")
+
+    tokenizer = tokenizer_loader()
+    splits: dict[str, TokenizedSplit] = {}
+    for name in ("train", "val", "test"):
+        if name not in chosen:
+            continue
+        table, idx, ids = chosen[name]
+        texts = table.frame[d.text_column].to_numpy()[idx].tolist()
+        flat, offsets = tokenize_texts(texts, tokenizer, d.max_len)
+        rows = table.frame[ROW].to_numpy()[idx].astype(np.int64)
+        splits[name] = TokenizedSplit(ids=flat, offsets=offsets, labels=np.ascontiguousarray(ids), rows=rows)
+    stats["split_sizes"] = {name: len(s) for name, s in splits.items()}
+    stats["truncated_rows"] = {name: int((s.lengths() >= d.max_len).sum()) for name, s in splits.items()}
+    return label_map, splits, stats

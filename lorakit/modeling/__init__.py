@@ -1,0 +1,1 @@
+"""The model: one shared encoder adapted by a tuning method, one head per task."""

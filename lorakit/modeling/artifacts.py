@@ -1,0 +1,82 @@
+"""Saving and loading a trained model: ``lora_adapter/`` (plain peft) + ``heads.safetensors`` + ``heads.json``."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import LorakitError
+from ..fsutil import read_json, write_json_atomic
+from ..plugins import Plugins
+from ..runs.layout import RunLayout
+
+
+def save_artifacts(layout: RunLayout, classifier: Any, plan_json: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the adapter folder next to the old one, then swap: a crash never leaves half an adapter."""
+    from safetensors.torch import save_file
+
+    tmp = layout.root / f".lora_adapter.tmp-{uuid.uuid4().hex[:8]}"
+    classifier.encoder.save_pretrained(str(tmp))
+    heads = {
+        f"{key}.{name}": tensor.detach().cpu().contiguous()
+        for key, head in classifier.heads.items()
+        for name, tensor in head.state_dict().items()
+    }
+    save_file(heads, str(tmp / "heads.safetensors"))
+    write_json_atomic(tmp / "heads.json", {**plan_json, **extra})
+    old = layout.root / f".lora_adapter.old-{uuid.uuid4().hex[:8]}"
+    if layout.adapter_dir.exists():
+        layout.adapter_dir.rename(old)
+    tmp.rename(layout.adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@attrs.define(kw_only=True)
+class TrainedModel:
+    classifier: Any
+    tokenizer: Any
+    heads: dict[str, Any]
+    probability_fns: list[Any]
+
+
+def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") -> TrainedModel:
+    """Rebuild the classifier from an experiment folder: base model + peft adapter + heads."""
+    import peft
+    import torch
+    from safetensors.torch import load_file
+
+    from .model import MultiTaskClassifier
+
+    if not layout.heads_json.is_file():
+        raise LorakitError(f"{layout.root}: no trained model (lora_adapter/heads.json is missing)")
+    meta = read_json(layout.heads_json)
+    backbone = plugins.backbones().get(meta["backbone"])
+    encoder = backbone.load_model(meta["arch"])
+    adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
+    head_specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
+    hidden = encoder.config.hidden_size
+    heads = [spec.build(hidden, t["num_labels"], dict(t["head_options"])) for spec, t in zip(head_specs, meta["tasks"])]
+    classifier = MultiTaskClassifier(adapted, heads, [t["name"] for t in meta["tasks"]], meta["pooling"])
+    state = load_file(str(layout.heads_weights))
+    for key, head in classifier.heads.items():
+        head.load_state_dict({name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key})
+    classifier.to(torch.device(device)).eval()
+    return TrainedModel(
+        classifier=classifier,
+        tokenizer=backbone.load_tokenizer(meta["arch"]),
+        heads=meta,
+        probability_fns=[spec.probabilities for spec in head_specs],
+    )
+
+
+def probabilities(logits: Any, fn: Any) -> Any:
+    """Per-class probabilities: the head's own function (ordinal heads), else softmax."""
+    return fn(logits) if fn is not None else logits.float().softmax(-1)
+
+
+def adapter_files(layout: RunLayout) -> list[Path]:
+    return sorted(p for p in layout.adapter_dir.iterdir()) if layout.adapter_dir.is_dir() else []

@@ -1,0 +1,154 @@
+"""From config to model: resolve the backbone, adapt the encoder, add one head and one loss per task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..config.schema import ExperimentConfig
+from ..errors import ConfigError, PluginError
+from ..plugins import Plugins
+from ..specs import BackboneSpec, TaskHeadSpec
+from .targets import detect_attention_modules
+
+
+@attrs.define(kw_only=True)
+class TaskPlan:
+    """How one task is modelled: its head, its loss and its labels."""
+
+    name: str
+    num_labels: int
+    head: str
+    head_spec: TaskHeadSpec
+    head_options: dict[str, Any]
+    loss: str
+
+
+@attrs.define(kw_only=True)
+class ModelPlan:
+    """Everything needed to rebuild the same model for training or prediction (saved as heads.json)."""
+
+    arch: str
+    backbone: str
+    method: str
+    method_options: dict[str, Any]
+    target_modules: list[str]
+    pooling: str
+    tasks: list[TaskPlan]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "backbone": self.backbone,
+            "method": self.method,
+            "method_options": self.method_options,
+            "target_modules": self.target_modules,
+            "pooling": self.pooling,
+            "tasks": [
+                {"name": t.name, "num_labels": t.num_labels, "head": t.head, "head_options": t.head_options, "loss": t.loss}
+                for t in self.tasks
+            ],
+        }
+
+
+def resolve_backbone(cfg: ExperimentConfig, plugins: Plugins) -> BackboneSpec:
+    """``model.backbone`` if set, else what the plugins pick for the model's ``model_type``."""
+    if cfg.model.backbone:
+        try:
+            return plugins.backbones().get(cfg.model.backbone)
+        except PluginError as exc:
+            raise PluginError(f"model.backbone: {exc}") from None
+    import transformers
+
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(cfg.model.arch)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
+    name = plugins.resolve_backbone(hf_config) or "auto"
+    return plugins.backbones().get(name)
+
+
+def method_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    table = getattr(cfg.model, cfg.model.method, None)
+    return attrs.asdict(table) if table is not None else {}
+
+
+def plan_model(cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plugins, encoder: Any) -> ModelPlan:
+    """Decide backbone, targets, heads and losses; plugin names are checked here, before any folder exists."""
+    backbone = resolve_backbone(cfg, plugins)
+    plugins.tuning_methods().get(cfg.model.method)
+    options = method_options(cfg)
+    targets = options.get("target_modules") or (
+        list(backbone.target_modules) if backbone.target_modules else detect_attention_modules(encoder)
+    )
+    tasks = []
+    for task in cfg.task_columns:
+        override = cfg.model.heads.get(task)
+        head_name = (override.type if override and override.type else None) or cfg.model.head
+        head_spec = plugins.task_heads().get(head_name)
+        loss = (override.loss if override and override.loss else None) or head_spec.default_loss or cfg.train.loss
+        plugins.losses().get(loss)
+        head_options = {
+            "dropout": override.dropout if override and override.dropout is not None else cfg.model.head_dropout,
+            "hidden_size": override.hidden_size if override and override.hidden_size else cfg.model.head_hidden_size,
+        }
+        tasks.append(
+            TaskPlan(
+                name=task,
+                num_labels=label_counts[task],
+                head=head_name,
+                head_spec=head_spec,
+                head_options=head_options,
+                loss=loss,
+            )
+        )
+    return ModelPlan(
+        arch=cfg.model.arch,
+        backbone=backbone.name,
+        method=cfg.model.method,
+        method_options={k: v for k, v in options.items() if k != "target_modules"},
+        target_modules=list(targets),
+        pooling=cfg.model.pooling or backbone.pooling,
+        tasks=tasks,
+    )
+
+
+def load_backbone_encoder(cfg: ExperimentConfig, plugins: Plugins) -> tuple[BackboneSpec, Any]:
+    backbone = resolve_backbone(cfg, plugins)
+    try:
+        encoder = backbone.load_model(cfg.model.arch)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
+    return backbone, encoder
+
+
+def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int) -> Any:
+    """Adapt ``encoder`` with the plan's tuning method and add the heads (seeded: same seed, same init)."""
+    import torch
+
+    from .model import MultiTaskClassifier
+
+    torch.manual_seed(seed)
+    method = plugins.tuning_methods().get(plan.method)
+    adapted = method.apply(encoder, plan.target_modules, plan.method_options)
+    hidden = encoder.config.hidden_size
+    heads = [t.head_spec.build(hidden, t.num_labels, dict(t.head_options)) for t in plan.tasks]
+    return MultiTaskClassifier(adapted, heads, [t.name for t in plan.tasks], plan.pooling)
+
+
+def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> Any:
+    from .model import TaskLossCombiner
+
+    losses = [plugins.losses().get(t.loss).build(num_labels=t.num_labels, **cfg.train.loss_options) for t in plan.tasks]
+    weight = cfg.train.loss_weight
+    tasks = [t.name for t in plan.tasks]
+    if isinstance(weight, dict):
+        weights: list[float] | None = [weight.get(t, 0.0) for t in tasks]
+    elif isinstance(weight, list):
+        weights = weight
+    else:
+        weights = None
+    return TaskLossCombiner(losses, weights, uncertainty=weight == "uncertainty")

@@ -1,0 +1,38 @@
+"""Finding LoRA target modules in an encoder nobody told us about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import PluginError
+
+# Attention projection names by model family, most common first. The first family whose names all
+# occur among the encoder's Linear modules is adapted (query + value, as in the LoRA paper).
+ATTENTION_PATTERNS: tuple[tuple[str, ...], ...] = (
+    ("query", "value"),
+    ("q_lin", "v_lin"),
+    ("query_proj", "value_proj"),
+    ("q_proj", "v_proj"),
+    ("Wqkv",),
+    ("qkv",),
+    ("c_attn",),
+    ("in_proj",),
+)
+
+
+def linear_names(model: Any) -> set[str]:
+    import torch
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def detect_attention_modules(model: Any) -> list[str]:
+    """LoRA targets from the encoder's Linear module names; a clear error listing them when none match."""
+    names = linear_names(model)
+    for pattern in ATTENTION_PATTERNS:
+        if all(part in names for part in pattern):
+            return list(pattern)
+    seen = ", ".join(sorted(names)) or "none"
+    raise PluginError(
+        f"found no attention projections among the model's Linear modules ({seen}); set model.lora.target_modules"
+    )

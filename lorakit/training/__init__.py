@@ -1,0 +1,1 @@
+"""Training: batching, the loop on Accelerate, evaluation, checkpoints and exact resume."""

@@ -1,0 +1,95 @@
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG and loop position.
+
+Each checkpoint is written into a temp folder and renamed into place, so the newest *complete* one
+always wins. Weights are safetensors; optimizer/scheduler/RNG load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..fsutil import read_json, write_json_atomic
+
+STATE_FILE = "trainer_state.json"
+KEEP = 2
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(
+    checkpoints: Path,
+    *,
+    global_step: int,
+    weights: dict[str, Any],
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    final = checkpoints / f"step-{global_step:08d}"
+    tmp = checkpoints / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    write_json_atomic(tmp / STATE_FILE, {**state, "global_step": global_step, "python_random": random.getstate()})
+    if final.exists():  # the same step checkpointed twice (epoch end right after a step checkpoint)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in complete_checkpoints(checkpoints)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints.glob(".tmp-*"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.glob("step-*") if (p / STATE_FILE).is_file() and (p / "rng.pt").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = complete_checkpoints(checkpoints)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    state = read_json(path / STATE_FILE)
+    return {
+        "weights": load_file(str(path / "trainable.safetensors")),
+        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
+        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
+        "rng": torch.load(path / "rng.pt", weights_only=True),
+        "state": state,
+    }
+
+
+def restore_rng(rng: dict[str, Any], python_random: Any) -> None:
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    version, internal, gauss = python_random
+    random.setstate((version, tuple(internal), gauss))

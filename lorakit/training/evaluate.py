@@ -1,0 +1,72 @@
+"""Evaluation: per-task predictions and the metric plugins' figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..plugins import Plugins
+from .batching import collate, eval_batches
+
+# The metric behind "<task>_f1" (the seed's name for macro F1).
+F1_METRIC = "macro_f1"
+
+
+@np.errstate(all="ignore")
+def predict_split(
+    classifier: Any, split: Any, *, batch_size: int, pad_id: int, device: Any, probability_fns: Sequence[Any]
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Per-task probabilities (row order) and, when labels exist, the mean loss is left to the caller."""
+    import torch
+
+    from ..modeling.artifacts import probabilities
+
+    n_tasks = len(probability_fns)
+    outputs: list[list[Any]] = [[] for _ in range(n_tasks)]
+    order: list[np.ndarray] = []
+    classifier.eval()
+    with torch.no_grad():
+        for index in eval_batches(split.lengths(), batch_size):
+            batch = collate(split, index, pad_id)
+            logits = classifier(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            for t in range(n_tasks):
+                outputs[t].append(probabilities(logits[t], probability_fns[t]).float().cpu())
+            order.append(index)
+    if not order:
+        return [np.zeros((0, 0)) for _ in range(n_tasks)], None
+    perm = np.concatenate(order)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(len(perm))
+    return [torch.cat(chunks).numpy()[inverse] for chunks in outputs], perm
+
+
+def compute_metrics(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    tasks: Sequence[str],
+    num_labels: Sequence[int],
+    metric_names: Sequence[str],
+    plugins: Plugins,
+) -> dict[str, float]:
+    """``<task>_<metric>`` for each metric, ``<task>_accuracy``, ``<task>_f1`` (macro) and ``avg_f1``.
+    A single task also gets the seed's plain ``accuracy`` and ``f1``."""
+    registry = plugins.metrics()
+    names = list(dict.fromkeys(["accuracy", F1_METRIC, *metric_names]))
+    result: dict[str, float] = {}
+    f1s = []
+    for t, task in enumerate(tasks):
+        y_true = labels[:, t]
+        keep = y_true >= 0
+        y_pred = probs[t].argmax(-1)
+        for name in names:
+            value = float(registry.get(name).compute(y_true[keep], y_pred[keep], num_labels[t]))
+            key = "f1" if name == F1_METRIC else name
+            result[f"{task}_{key}"] = value
+        f1s.append(result[f"{task}_f1"])
+    result["avg_f1"] = float(np.mean(f1s))
+    if len(tasks) == 1:
+        result["accuracy"] = result[f"{tasks[0]}_accuracy"]
+        result["f1"] = result[f"{tasks[0]}_f1"]
+    return result

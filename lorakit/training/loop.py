@@ -1,0 +1,352 @@
+"""The training loop, on 🤗 Accelerate: one run of one experiment, resumable at any step boundary."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..config.schema import ExperimentConfig
+from ..errors import LorakitError
+from ..plugins import Plugins
+from ..runs.layout import RunLayout
+from .batching import collate, epoch_batches
+from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from .evaluate import compute_metrics, predict_split
+
+log = logging.getLogger("lorakit.train")
+
+# Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: try again).
+PREEMPTED_EXIT = 75
+INTERRUPTED_EXIT = 130
+STOP_SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
+
+
+class RunStopped(Exception):
+    """The run was asked to stop (signal) and saved a checkpoint; ``--resume`` continues it."""
+
+    def __init__(self, signal_name: str, global_step: int):
+        self.signal_name = signal_name
+        self.global_step = global_step
+        self.exit_code = INTERRUPTED_EXIT if signal_name == "SIGINT" else PREEMPTED_EXIT
+        super().__init__(f"stopped by {signal_name} at step {global_step}; checkpoint saved, resume with --resume")
+
+
+class NonFiniteLoss(LorakitError):
+    """The loss became NaN or infinite."""
+
+
+@attrs.define(kw_only=True)
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch already consumed
+    global_step: int = 0  # optimizer steps taken
+    history: dict[str, dict[str, float]] = attrs.Factory(dict)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    epochs_without_best: int = 0
+    train_loss_sum: float = 0.0
+    train_loss_batches: int = 0
+
+
+def headline_metric(save_strategy: str) -> str:
+    return save_strategy.removeprefix("best_") if save_strategy.startswith("best_") else "avg_f1"
+
+
+def _better(value: float, best: float | None, metric: str) -> bool:
+    if best is None:
+        return True
+    return value < best if metric.endswith("loss") else value > best
+
+
+class SignalCatcher:
+    """Turns stop signals into a flag the loop checks at step boundaries (handlers restored on exit)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalCatcher:
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the caller owns signals
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingLoop:
+    """Train ``classifier`` on ``data`` per ``cfg``; calls ``on_best`` with each new best epoch's metrics."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        plugins: Plugins,
+        layout: RunLayout,
+        classifier: Any,
+        combiner: Any,
+        data: Any,
+        plan: Any,
+        pad_id: int,
+        fingerprints: dict[str, str],
+        on_epoch: Any,
+        on_best: Any,
+    ):
+        self.cfg = cfg
+        self.plugins = plugins
+        self.layout = layout
+        self.data = data
+        self.plan = plan
+        self.pad_id = pad_id
+        self.fingerprints = fingerprints
+        self.on_epoch = on_epoch
+        self.on_best = on_best
+        self.metric = headline_metric(cfg.train.save_strategy)
+        self.probability_fns = [t.head_spec.probabilities for t in plan.tasks]
+
+        import torch
+        from accelerate import Accelerator
+
+        wanted = cfg.train.device
+        self.accelerator = Accelerator(
+            cpu=wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()),
+            mixed_precision=cfg.train.mixed_precision,
+        )
+        self.device = self.accelerator.device
+        params = [p for p in classifier.parameters() if p.requires_grad]
+        params += [p for p in combiner.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.train.lr,
+        )
+        self.classifier, self.optimizer = self.accelerator.prepare(classifier, optimizer)
+        self.combiner = combiner.to(self.device)
+        self.train_split = data.splits["train"]
+        self.batches_per_epoch = len(self._batches(1))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.grad_accum)
+        total = self.steps_per_epoch * cfg.train.epochs
+        self.scheduler = plugins.lr_schedulers().get(cfg.train.lr_scheduler).build(
+            self.optimizer, round(total * cfg.train.warmup_ratio), total
+        )
+        self.state = LoopState()
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        return epoch_batches(
+            self.train_split.lengths(),
+            self.cfg.train.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            group_by_length=self.cfg.train.group_by_length,
+            num_replicas=self.accelerator.num_processes,
+            rank=self.accelerator.process_index,
+        )
+
+    def trainable(self) -> dict[str, Any]:
+        from ..modeling.model import trainable_state
+
+        model = self.accelerator.unwrap_model(self.classifier)
+        return {
+            **{f"model.{k}": v for k, v in trainable_state(model).items()},
+            **{f"loss.{k}": v for k, v in trainable_state(self.combiner).items()},
+        }
+
+    def load_trainable(self, weights: dict[str, Any]) -> None:
+        from ..modeling.model import load_trainable_state
+
+        model = self.accelerator.unwrap_model(self.classifier)
+        load_trainable_state(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+        load_trainable_state(self.combiner, {k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
+
+    def checkpoint(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        save_checkpoint(
+            self.layout.checkpoints,
+            global_step=self.state.global_step,
+            weights=self.trainable(),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state={"loop": attrs.asdict(self.state), "fingerprints": self.fingerprints},
+        )
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; False when there is none."""
+        path = latest_checkpoint(self.layout.checkpoints)
+        if path is None:
+            return False
+        ckpt = load_checkpoint(path)
+        self.load_trainable(ckpt["weights"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng(ckpt["rng"], ckpt["state"]["python_random"])
+        self.state = LoopState(**ckpt["state"]["loop"])
+        log.info("resumed from %s (epoch %d, batch %d, step %d)", path.name, self.state.epoch, self.state.batch,
+                 self.state.global_step)
+        return True
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> LoopState:
+        import torch
+
+        cfg = self.cfg
+        accum = cfg.train.grad_accum
+        log_every = max(1, self.steps_per_epoch // 10)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        with SignalCatcher() as signals:
+            while self.state.epoch <= cfg.train.epochs:
+                epoch = self.state.epoch
+                batches = self._batches(epoch)
+                self.classifier.train()
+                running = torch.zeros((), device=self.device)
+                window_start = self.state.batch  # first batch whose loss is in `running`
+                progress = self._progress(epoch, len(batches))
+                started = time.perf_counter()
+                for b in range(self.state.batch, len(batches)):
+                    batch = collate(self.train_split, batches[b], self.pad_id)
+                    with self.accelerator.autocast():
+                        logits = self.classifier(
+                            batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+                        )
+                        loss, _ = self.combiner(logits, batch["labels"].to(self.device))
+                    # remember the first non-finite step on the device: no per-step host sync
+                    bad = ~torch.isfinite(loss.detach())
+                    step_no = self.state.global_step + 1
+                    first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad)
+                    running += loss.detach()
+                    last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
+                    # the epoch's last accumulation group may be short: average over its real size
+                    group = min(accum, len(batches) - (b // accum) * accum)
+                    self.accelerator.backward(loss / group)
+                    self.state.batch = b + 1
+                    if progress is not None:
+                        progress.update(1)
+                    if not last_in_step:
+                        continue
+                    if cfg.train.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(self.classifier.parameters(), cfg.train.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.global_step += 1
+                    if self.state.global_step % log_every == 0:
+                        # the only host syncs of the epoch: every tenth of it
+                        self._check_finite(first_bad)
+                        log.info(
+                            "epoch %d step %d/%d loss %.4f lr %.2e",
+                            epoch, self.state.global_step, self.steps_per_epoch * cfg.train.epochs,
+                            running.item() / max(b + 1 - window_start, 1), self.scheduler.get_last_lr()[0],
+                        )
+                    every = cfg.train.checkpoint_every_steps
+                    at_interval = bool(every) and self.state.global_step % every == 0 and b + 1 < len(batches)
+                    if at_interval or signals.received:
+                        self._bank(running)
+                        running.zero_()
+                        window_start = self.state.batch
+                        self.checkpoint()
+                    if signals.received:
+                        raise RunStopped(signals.received, self.state.global_step)
+                if progress is not None:
+                    progress.close()
+                self._check_finite(first_bad)
+                self._bank(running)
+                self._end_epoch(epoch, time.perf_counter() - started)
+                if self._should_stop_early():
+                    log.info("early stopping: no new best for %d epochs", self.state.epochs_without_best)
+                    break
+                if signals.received:
+                    raise RunStopped(signals.received, self.state.global_step)
+        return self.state
+
+    def _bank(self, running: Any) -> None:
+        """Move the device-side loss sum into the host state (one sync, at checkpoints and epoch ends)."""
+        self.state.train_loss_sum += float(running.item())
+        self.state.train_loss_batches = self.state.batch
+
+    def _check_finite(self, first_bad: Any) -> None:
+        step = int(first_bad.item())
+        if step >= 0:
+            raise NonFiniteLoss(
+                f"{self.cfg.exp_id}: the loss became NaN or infinite at step {step}; lower train.lr, "
+                "check the data, or use train.mixed_precision = \"no\""
+            )
+
+    def _progress(self, epoch: int, total: int) -> Any:
+        if not (sys.stderr.isatty() and self.accelerator.is_main_process) or os.environ.get("LORAKIT_NO_PROGRESS"):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.state.batch, desc=f"epoch {epoch}", unit="batch", leave=False)
+
+    def evaluate(self, split_name: str) -> dict[str, float]:
+        split = self.data.splits[split_name]
+        probs, _ = predict_split(
+            self.accelerator.unwrap_model(self.classifier),
+            split,
+            batch_size=self.cfg.train.eval_batch_size or 2 * self.cfg.train.batch_size,
+            pad_id=self.pad_id,
+            device=self.device,
+            probability_fns=self.probability_fns,
+        )
+        return compute_metrics(
+            probs,
+            np.asarray(split.labels),
+            [t.name for t in self.plan.tasks],
+            [t.num_labels for t in self.plan.tasks],
+            self.cfg.train.metrics,
+            self.plugins,
+        )
+
+    def _end_epoch(self, epoch: int, seconds: float) -> None:
+        metrics = self.evaluate("val")
+        metrics["train_loss"] = self.state.train_loss_sum / max(self.state.train_loss_batches, 1)
+        metrics["epoch_seconds"] = round(seconds, 3)
+        self.state.history[f"epoch_{epoch}"] = metrics
+        if self.metric not in metrics:
+            raise LorakitError(
+                f"train.save_strategy: metric {self.metric!r} is not computed; known: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[self.metric]
+        is_best = self.cfg.train.save_strategy == "last" or _better(value, self.state.best_value, self.metric)
+        if is_best:
+            self.state.best_epoch, self.state.best_value = epoch, value
+            self.state.epochs_without_best = 0
+        else:
+            self.state.epochs_without_best += 1
+        summary = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("f1", "accuracy", "loss")))
+        log.info("epoch %d: %s%s", epoch, summary, " (best)" if is_best else "")
+        self.state.epoch, self.state.batch = epoch + 1, 0
+        self.state.train_loss_sum, self.state.train_loss_batches = 0.0, 0
+        if self.accelerator.is_main_process:
+            if is_best:
+                self.on_best(self.accelerator.unwrap_model(self.classifier), self.state)
+            self.on_epoch(epoch, metrics, self.state)
+        self.checkpoint()
+
+    def _should_stop_early(self) -> bool:
+        patience = self.cfg.train.early_stopping_patience
+        return bool(patience) and self.state.epochs_without_best >= patience
