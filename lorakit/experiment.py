@@ -52,7 +52,11 @@ class Experiment:
 
     @classmethod
     def load(
-        cls, exp: str | Path | None = None, *, outputs: str | Path | None = None, plugins: Plugins | None = None,
+        cls,
+        exp: str | Path | None = None,
+        *,
+        outputs: str | Path | None = None,
+        plugins: Plugins | None = None,
         device: str = "cpu",
     ) -> Predictor:
         """A trained experiment, by id (in the outputs folder), by folder path, or the active one when None."""
@@ -67,7 +71,9 @@ def resolve_experiment(exp: str | Path | None, outputs: str | Path | None = None
 
         active = ExperimentIndex(root).active()
         if active is None:
-            raise LorakitError("no experiment given and none is active; name one or run `lorakit rollback --exp-id EXP`")
+            raise LorakitError(
+                "no experiment given and none is active; name one or run `lorakit rollback --exp-id EXP`"
+            )
         exp = active
     path = Path(exp)
     if path.is_dir() and (path / "run.json").is_file():
@@ -113,7 +119,8 @@ class Predictor:
             with torch.no_grad():
                 logits = classifier(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
             probs = [
-                probabilities(out, fn).cpu().numpy() for out, fn in zip(logits, self.model.probability_fns)
+                probabilities(out, fn).cpu().numpy()
+                for out, fn in zip(logits, self.model.probability_fns, strict=False)
             ]
             for row in range(len(chunk)):
                 item = {}
@@ -122,7 +129,7 @@ class Predictor:
                     labels = self.labels[task]
                     item[task] = {
                         "label": labels[int(np.argmax(p))],
-                        "probabilities": {label: float(v) for label, v in zip(labels, p)},
+                        "probabilities": {label: float(v) for label, v in zip(labels, p, strict=False)},
                     }
                 results.append(item)
         return results

@@ -195,7 +195,9 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def new_manager(*, load_entrypoints: bool = True, report: Callable[[str], None] | None = None) -> PluginManager:
+def new_manager(
+    *, load_entrypoints: bool = True, report: Callable[[str], None] | None = None
+) -> PluginManager:
     """A fresh manager honouring ``LORAKIT_DISABLE_PLUGINS`` and ``LORAKIT_LOAD_PLUGINS``."""
     pm = PluginManager()
     if load_entrypoints:
@@ -266,7 +268,9 @@ class Plugins:
                     best = (len(suffix), spec)
         if best is None:
             known = sorted({s for spec in self.data_sources().specs() for s in spec.suffixes})
-            raise PluginError(f"{path}: no data source reads this file type; known suffixes: {', '.join(known)}")
+            raise PluginError(
+                f"{path}: no data source reads this file type; known suffixes: {', '.join(known)}"
+            )
         return best[1]
 
     def resolve_backbone(self, model_config: Any) -> str | None:

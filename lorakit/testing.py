@@ -70,7 +70,26 @@ ADOPT_PHRASES = {
 }
 CHANNEL_PHRASES = {"线上": ["通过手机提交", "网页申请"], "线下": ["柜台办理", "网点递交"]}
 SUBJECTS = ["这笔贷款", "该客户", "这份合同", "本次交易", "这个账户", "该供应商", "此项投资", "这张订单"]
-ENGLISH_WORDS = "the a good bad great terrible car cars self driving trust love hate never ever ok fine not".split()
+ENGLISH_WORDS = [
+    "the",
+    "a",
+    "good",
+    "bad",
+    "great",
+    "terrible",
+    "car",
+    "cars",
+    "self",
+    "driving",
+    "trust",
+    "love",
+    "hate",
+    "never",
+    "ever",
+    "ok",
+    "fine",
+    "not",
+]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -97,7 +116,13 @@ def synthetic_rows(n: int, *, seed: int = 0, tasks: int = 2) -> list[dict[str, o
             parts.append("，" + rng.choice(CHANNEL_PHRASES[channel]))
             row["channel"] = channel
         score = {"低风险": 0.15, "中风险": 0.5, "高风险": 0.85}[risk] + rng.uniform(-0.14, 0.14)
-        row.update(text="".join(parts) + "。", risk_level=risk, is_adopt=adopt, risk_score=round(score, 3), label=risk)
+        row.update(
+            text="".join(parts) + "。",
+            risk_level=risk,
+            is_adopt=adopt,
+            risk_score=round(score, 3),
+            label=risk,
+        )
         rows.append(row)
     return rows
 

@@ -41,5 +41,7 @@ def cli():
 def label_map_file(tmp_path: Path) -> Path:
     path = tmp_path / "global_label_map.json"
     labels = ["低风险", "中风险", "高风险", "采纳", "不采纳"]
-    path.write_text(json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8"
+    )
     return path

@@ -34,6 +34,7 @@ def test_config_show_provenance_names_both_files(cli):
 
 def test_config_show_toml_and_json(cli):
     import json
+
     import tomllib
 
     toml = cli("config", "show", "configs/exp_v4_double_label.toml", "--set", "train.lr=1e-3")
@@ -49,10 +50,16 @@ def test_user_errors_are_one_line_exit_2(cli, tmp_path: Path):
     cases = {
         "cycle": (str(tmp_path / "a.toml"), [], "base_config: cycle"),
         "missing base": (
-            str(tmp_path / "m.toml"), [], "does not exist",
+            str(tmp_path / "m.toml"),
+            [],
+            "does not exist",
         ),
         "unknown key": ("configs/exp_v1_bert_baseline.toml", ["--set", "train.lrr=1"], "did you mean lr?"),
-        "wrong type": ("configs/exp_v1_bert_baseline.toml", ["--set", 'train.epochs="x"'], "train.epochs: expected"),
+        "wrong type": (
+            "configs/exp_v1_bert_baseline.toml",
+            ["--set", 'train.epochs="x"'],
+            "train.epochs: expected",
+        ),
         "label": (
             "configs/exp_v1_bert_baseline.toml",
             ["--set", 'data.label_subset=["低风险", "无此标签"]'],

@@ -39,7 +39,10 @@ lr = 1e-4
 batch_size = 16
 """,
     )
-    write(tmp_path / "templates" / "mid.toml", 'base_config = "base.toml"\nexp_id = "mid"\n[train]\nbatch_size = 8\n')
+    write(
+        tmp_path / "templates" / "mid.toml",
+        'base_config = "base.toml"\nexp_id = "mid"\n[train]\nbatch_size = 8\n',
+    )
     return write(
         tmp_path / "exps" / "child.toml",
         'base_config = "../templates/mid.toml"\nexp_id = "child"\n[model.lora]\nrank = 4\n[train]\nepochs = 2\n',
@@ -67,7 +70,9 @@ def test_arrays_replace_not_append(chain: Path):
 
 
 def test_overrides_parse_toml_values(chain: Path):
-    cfg, raw = load_config(chain, ["train.lr=3e-5", "train.loss_weight=[1.0]", "model.arch=bert-base-uncased"])
+    cfg, raw = load_config(
+        chain, ["train.lr=3e-5", "train.loss_weight=[1.0]", "model.arch=bert-base-uncased"]
+    )
     assert cfg.train.lr == 3e-5
     assert cfg.train.loss_weight == [1.0]
     assert cfg.model.arch == "bert-base-uncased"
@@ -117,7 +122,9 @@ def test_every_problem_is_reported_together_with_its_file(chain: Path):
         load_config(chain, ["train.lrr=1", "resources.priority=urgent", "train.epochs=0"])
     lines = info.value.lines()
     assert "train.lrr: unknown key (did you mean lr?) (--set)" in lines
-    assert any(line.startswith("resources.priority: 'urgent' is not one of low, medium, high") for line in lines)
+    assert any(
+        line.startswith("resources.priority: 'urgent' is not one of low, medium, high") for line in lines
+    )
     assert any(line.startswith("train.epochs: must be positive") for line in lines)
 
 
@@ -142,7 +149,11 @@ def test_task_type_must_agree_with_label_columns(chain: Path):
     with pytest.raises(ConfigError, match="task_type: 'double_cls' disagrees"):
         load_config(chain, ["task_type=double_cls"])
     cfg, _ = load_config(
-        chain, ['data.label_subset={risk_level=["低风险","高风险"], is_adopt=["采纳","不采纳"]}', "task_type=multi_cls"]
+        chain,
+        [
+            'data.label_subset={risk_level=["低风险","高风险"], is_adopt=["采纳","不采纳"]}',
+            "task_type=multi_cls",
+        ],
     )
     assert cfg.task_columns == ["risk_level", "is_adopt"]
     assert cfg.derived_task_type == "double_cls"

@@ -14,13 +14,17 @@ from lorakit.plugins import Plugins
 from lorakit.specs import BackboneSpec, Device, MetricSpec
 
 
-def make_distribution(root: Path, dist: str, version: str, modules: dict[str, str], entry_points: dict[str, str]):
+def make_distribution(
+    root: Path, dist: str, version: str, modules: dict[str, str], entry_points: dict[str, str]
+):
     """A throw-away installed distribution: a module plus a .dist-info with its entry points."""
     for name, source in modules.items():
         (root / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8"
+    )
     lines = "\n".join(f"{name} = {target}" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[lorakit]\n{lines}\n", encoding="utf-8")
     return root
@@ -38,7 +42,9 @@ GOOD_PLUGIN = """
 
 @pytest.fixture
 def plugin_path(tmp_path: Path) -> Path:
-    make_distribution(tmp_path, "lorakit-fake", "1.2.3", {"lorakit_fake": GOOD_PLUGIN}, {"fake": "lorakit_fake"})
+    make_distribution(
+        tmp_path, "lorakit-fake", "1.2.3", {"lorakit_fake": GOOD_PLUGIN}, {"fake": "lorakit_fake"}
+    )
     (tmp_path / "broken").mkdir()
     make_distribution(
         tmp_path / "broken",
@@ -84,7 +90,9 @@ def test_disable_and_allow_lists(cli, plugin_path: Path):
     env = {"PYTHONPATH": str(plugin_path)}
     names = lambda r: {row["name"] for row in json.loads(r.stdout)}  # noqa: E731
     assert "fake" not in names(cli("plugins", "--json", env={**env, "LORAKIT_DISABLE_PLUGINS": "fake"}))
-    assert "metrics" not in names(cli("plugins", "--json", env={**env, "LORAKIT_DISABLE_PLUGINS": "metrics, x"}))
+    assert "metrics" not in names(
+        cli("plugins", "--json", env={**env, "LORAKIT_DISABLE_PLUGINS": "metrics, x"})
+    )
     # an empty allowlist keeps only the essential built-ins
     only_builtin = names(cli("plugins", "--json", env={**env, "LORAKIT_LOAD_PLUGINS": ""}))
     assert "fake" not in only_builtin and "metrics" in only_builtin

@@ -18,7 +18,11 @@ from lorakit.testing import synthetic_frame
 TASKS = {
     1: {"label": ["低风险", "中风险", "高风险"]},
     2: {"risk_level": ["低风险", "中风险", "高风险"], "is_adopt": ["采纳", "不采纳"]},
-    3: {"risk_level": ["低风险", "中风险", "高风险"], "is_adopt": ["采纳", "不采纳"], "channel": ["线上", "线下"]},
+    3: {
+        "risk_level": ["低风险", "中风险", "高风险"],
+        "is_adopt": ["采纳", "不采纳"],
+        "channel": ["线上", "线下"],
+    },
 }
 
 
@@ -46,7 +50,8 @@ def project(tmp_path: Path, tiny_bert: Path):
             "val_ratio = 0.25",
             f"label_subset = {json.dumps(label_subset, ensure_ascii=False)}"
             if tasks == 1
-            else "[data.label_subset]\n" + "\n".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in subset.items()),
+            else "[data.label_subset]\n"
+            + "\n".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in subset.items()),
             "[model]",
             f'arch = "{tiny_bert.as_posix()}"',
             "[model.lora]",
@@ -72,7 +77,14 @@ def test_train_n_tasks_end_to_end(project, tasks: int):
     config = project(f"exp_{tasks}", tasks=tasks)
     result = Experiment(config, outputs=outputs(project)).run(echo=False)
     folder = result.output_dir
-    for name in ("config_copy.toml", "label_map.json", "metrics.json", "env_info.json", "run.json", "train.log"):
+    for name in (
+        "config_copy.toml",
+        "label_map.json",
+        "metrics.json",
+        "env_info.json",
+        "run.json",
+        "train.log",
+    ):
         assert (folder / name).is_file(), name
     assert (folder / "lora_adapter" / "adapter_config.json").is_file()
     assert (folder / "lora_adapter" / "heads.safetensors").is_file()
@@ -84,7 +96,9 @@ def test_train_n_tasks_end_to_end(project, tasks: int):
     for task in names:
         assert 0 <= metrics["best"][f"{task}_f1"] <= 1
         assert f"{task}_accuracy" in metrics["epoch_1"]
-    assert metrics["best"]["avg_f1"] == pytest.approx(sum(metrics["best"][f"{t}_f1"] for t in names) / len(names))
+    assert metrics["best"]["avg_f1"] == pytest.approx(
+        sum(metrics["best"][f"{t}_f1"] for t in names) / len(names)
+    )
     label_map = (folder / "label_map.json").read_text(encoding="utf-8")
     assert "低风险" in label_map and "\\u" not in label_map
     run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
@@ -133,7 +147,9 @@ def test_predict_api_and_cli(project, cli):
     assert row["risk_level"]["label"] in TASKS[2]["risk_level"]
     assert sum(row["risk_level"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
-    out = cli("predict", "pred", "--text", "该客户信用记录良好，建议通过。", "--outputs", str(outputs(project)))
+    out = cli(
+        "predict", "pred", "--text", "该客户信用记录良好，建议通过。", "--outputs", str(outputs(project))
+    )
     assert out.returncode == 0, out.stderr
     line = json.loads(out.stdout.strip().splitlines()[0])
     assert line["risk_level"]["label"] == row["risk_level"]["label"]

@@ -7,6 +7,7 @@ from typing import Any
 from ..hookspecs import hookimpl
 from ..specs import BackboneSpec
 
+
 def load_encoder(path_or_id: str, **kwargs: Any) -> Any:
     """The bare encoder (no task head)."""
     import transformers

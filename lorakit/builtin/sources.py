@@ -84,7 +84,8 @@ def _read_delimited(path: str | Path, options: ReadOptions, sep: str) -> pd.Data
     text = _decode(path, options, header_lines=1)
     try:
         # No dtype=str: numeric columns stay numeric because later code bins them.
-        frame = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=True)
+        # only an empty cell is missing: a label or text that reads "NA", "None" or "null" stays itself
+        frame = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise _no_rows(path) from None
     except (pd.errors.ParserError, ValueError) as exc:

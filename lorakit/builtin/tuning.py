@@ -36,5 +36,7 @@ def _ia3(model: Any, target_modules: list[str], options: dict[str, Any]) -> Any:
 @hookimpl
 def lorakit_register_tuning_methods(register):
     register(TuningMethodSpec(name="lora", apply=_lora(False), description="LoRA (peft.LoraConfig)"))
-    register(TuningMethodSpec(name="dora", apply=_lora(True), description="DoRA (peft.LoraConfig(use_dora=True))"))
+    register(
+        TuningMethodSpec(name="dora", apply=_lora(True), description="DoRA (peft.LoraConfig(use_dora=True))")
+    )
     register(TuningMethodSpec(name="ia3", apply=_ia3, description="(IA)^3 (peft.IA3Config)"))

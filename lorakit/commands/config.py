@@ -20,7 +20,7 @@ def config() -> None:
 def show(config_path: str, overrides: tuple[str, ...], provenance: bool, as_json: bool) -> None:
     """Print CONFIG_PATH merged with its bases and validated."""
     from ..config.render import provenance_lines, to_toml
-    from ..config.schema import flatten_config, defaults_provenance, load_config, to_dict
+    from ..config.schema import defaults_provenance, flatten_config, load_config, to_dict
 
     cfg, raw = load_config(config_path, overrides)
     sources = defaults_provenance(raw, cfg)

@@ -10,11 +10,19 @@ import click
 
 @click.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (TOML value)."
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its newest checkpoint.")
 @click.option("--force", is_flag=True, help="Replace an existing experiment folder.")
-@click.option("--outputs", type=click.Path(file_okay=False), help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).")
-def train(config_path: str, overrides: tuple[str, ...], resume: bool, force: bool, outputs: str | None) -> None:
+@click.option(
+    "--outputs",
+    type=click.Path(file_okay=False),
+    help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).",
+)
+def train(
+    config_path: str, overrides: tuple[str, ...], resume: bool, force: bool, outputs: str | None
+) -> None:
     """Train the experiment described by CONFIG_PATH."""
     from ..errors import LorakitError
     from ..experiment import Experiment
@@ -39,12 +47,24 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool, force: boo
 @click.command()
 @click.argument("exp", required=False)
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True), help="CSV/TSV/JSONL file.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Where to write (same format).")
-@click.option("--outputs", type=click.Path(file_okay=False), help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).")
+@click.option(
+    "--input", "input_path", type=click.Path(dir_okay=False, exists=True), help="CSV/TSV/JSONL file."
+)
+@click.option(
+    "--output", "output_path", type=click.Path(dir_okay=False), help="Where to write (same format)."
+)
+@click.option(
+    "--outputs",
+    type=click.Path(file_okay=False),
+    help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).",
+)
 @click.option("--batch-size", default=64, show_default=True)
 def predict(
-    exp: str | None, texts: tuple[str, ...], input_path: str | None, output_path: str | None, outputs: str | None,
+    exp: str | None,
+    texts: tuple[str, ...],
+    input_path: str | None,
+    output_path: str | None,
+    outputs: str | None,
     batch_size: int,
 ) -> None:
     """Classify texts with experiment EXP (default: the active experiment)."""
@@ -55,7 +75,7 @@ def predict(
         raise LorakitError("give either --text (one or more) or --input FILE")
     predictor = Experiment.load(exp, outputs=outputs)
     if texts:
-        for text, result in zip(texts, predictor.predict(list(texts), batch_size=batch_size)):
+        for text, result in zip(texts, predictor.predict(list(texts), batch_size=batch_size), strict=False):
             click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
         return
     from ..predicting import predict_file

@@ -89,10 +89,7 @@ def _package_dir(package: str) -> Path | None:
 
 
 def _looks_like_path(value: str, relative_to: Path) -> bool:
-    return (
-        value.startswith(("pkg://", "./", "../", "/", "~"))
-        or (relative_to / value).exists()
-    )
+    return value.startswith(("pkg://", "./", "../", "/", "~")) or (relative_to / value).exists()
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -147,7 +144,9 @@ def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
 
 
-def _load_chain(path: Path, seen: list[Path], referrer: str | None) -> tuple[dict, dict[str, str], list[Path]]:
+def _load_chain(
+    path: Path, seen: list[Path], referrer: str | None
+) -> tuple[dict, dict[str, str], list[Path]]:
     path = path.resolve()
     if path in seen:
         cycle = " -> ".join(p.name for p in [*seen, path])
@@ -163,7 +162,9 @@ def _load_chain(path: Path, seen: list[Path], referrer: str | None) -> tuple[dic
     files = [path]
     if base_ref is not None:
         if not isinstance(base_ref, str):
-            raise ConfigError([f"base_config: expected a path string, got {type(base_ref).__name__} ({path})"])
+            raise ConfigError(
+                [f"base_config: expected a path string, got {type(base_ref).__name__} ({path})"]
+            )
         base_path = Path(resolve_path(base_ref, path.parent, key="base_config", source=str(path)))
         data, provenance, base_files = _load_chain(base_path, [*seen, path], str(path))
         files.extend(base_files)

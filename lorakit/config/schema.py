@@ -32,15 +32,21 @@ def _doc(text: str, **kwargs: Any) -> Any:
 @attrs.define(kw_only=True, frozen=True)
 class DeriveRule:
     column: str = _doc("numeric source column")
-    bins: list[float] = _doc("bin edges (pandas.cut): n+1 edges for n labels; values outside are unknown labels")
+    bins: list[float] = _doc(
+        "bin edges (pandas.cut): n+1 edges for n labels; values outside are unknown labels"
+    )
     labels: list[str] = _doc("one label per bin, in edge order")
     right: bool = _doc("bins include their right edge, (a, b]; false makes them [a, b)", default=True)
 
 
 @attrs.define(kw_only=True, frozen=True)
 class DataConfig:
-    raw_data_path: str = _doc("training data file (csv, tsv, jsonl, json, parquet); relative to the config file")
-    val_data_path: str | None = _doc("validation file; when unset, val_ratio of the training data", default=None)
+    raw_data_path: str = _doc(
+        "training data file (csv, tsv, jsonl, json, parquet); relative to the config file"
+    )
+    val_data_path: str | None = _doc(
+        "validation file; when unset, val_ratio of the training data", default=None
+    )
     test_data_path: str | None = _doc("optional test file, evaluated once at the end", default=None)
     text_column: str = _doc("column holding the text", default="text")
     label_column: str = _doc("the label column of a single-label experiment", default="label")
@@ -53,15 +59,21 @@ class DataConfig:
     )
     max_len: int = _doc("tokens per text after truncation", default=128)
     data_process_version: str = _doc("bump to invalidate caches after a preprocessing change", default="v1")
-    val_ratio: float = _doc("share of rows held out for validation (stratified on the first task)", default=0.1)
+    val_ratio: float = _doc(
+        "share of rows held out for validation (stratified on the first task)", default=0.1
+    )
     test_ratio: float = _doc("share of rows held out as a test split", default=0.0)
     encoding: str = _doc("text file encoding", default="utf-8")
     encoding_errors: str = _doc("strict | replace | ignore", default="strict")
-    drop_unknown_labels: bool = _doc("drop rows whose label is outside the subset (else an error)", default=False)
+    drop_unknown_labels: bool = _doc(
+        "drop rows whose label is outside the subset (else an error)", default=False
+    )
     drop_empty_text: bool = _doc("drop rows with empty text (else an error)", default=False)
     max_rows: int | None = _doc("reproducible sample of at most this many rows", default=None)
     sample_seed: int = _doc("seed of the max_rows sample", default=0)
-    cache_dir: str | None = _doc("tokenized cache folder (default: data/processed, or $LORAKIT_CACHE)", default=None)
+    cache_dir: str | None = _doc(
+        "tokenized cache folder (default: data/processed, or $LORAKIT_CACHE)", default=None
+    )
     derive: dict[str, DeriveRule] = _doc(
         "[data.derive.<name>] turns a numeric column into a label column", factory=dict
     )
@@ -79,7 +91,9 @@ class LoraConfig:
 @attrs.define(kw_only=True, frozen=True)
 class IA3Config:
     target_modules: list[str] | None = _doc("module names to adapt; default: the backbone's", default=None)
-    feedforward_modules: list[str] | None = _doc("subset of target_modules that are feed-forward", default=None)
+    feedforward_modules: list[str] | None = _doc(
+        "subset of target_modules that are feed-forward", default=None
+    )
 
 
 @attrs.define(kw_only=True, frozen=True)
@@ -93,7 +107,9 @@ class HeadConfig:
 @attrs.define(kw_only=True, frozen=True)
 class ModelConfig:
     arch: str = _doc("hub id, local directory, or pkg://package/sub/dir")
-    backbone: str | None = _doc("force a backbone plugin (default: resolved from the model type)", default=None)
+    backbone: str | None = _doc(
+        "force a backbone plugin (default: resolved from the model type)", default=None
+    )
     method: str = _doc("tuning method plugin: lora | dora | ia3", default="lora")
     lora: LoraConfig = _doc("[model.lora]", factory=LoraConfig)
     dora: LoraConfig = _doc("[model.dora], same keys as [model.lora]", factory=LoraConfig)
@@ -108,13 +124,17 @@ class ModelConfig:
 @attrs.define(kw_only=True, frozen=True)
 class TrainConfig:
     batch_size: int = _doc("examples per optimizer micro-batch", default=32)
-    eval_batch_size: int | None = _doc("examples per evaluation batch (default: 2 x batch_size)", default=None)
+    eval_batch_size: int | None = _doc(
+        "examples per evaluation batch (default: 2 x batch_size)", default=None
+    )
     lr: float = _doc("peak learning rate", default=2e-4)
     epochs: int = _doc("training epochs", default=3)
     loss_weight: LossWeight = _doc(
         'per-task loss weights: list in task order, {task = w}, or "uncertainty" (learned)', default=None
     )
-    save_strategy: str = _doc('which epoch is kept: "best_avg_f1", "best_<metric>" or "last"', default="best_avg_f1")
+    save_strategy: str = _doc(
+        'which epoch is kept: "best_avg_f1", "best_<metric>" or "last"', default="best_avg_f1"
+    )
     warmup_ratio: float = _doc("share of steps spent warming up the LR", default=0.0)
     weight_decay: float = _doc("AdamW weight decay", default=0.01)
     grad_accum: int = _doc("micro-batches per optimizer step", default=1)
@@ -122,8 +142,12 @@ class TrainConfig:
     early_stopping_patience: int | None = _doc("stop after this many epochs without a new best", default=None)
     lr_scheduler: str = _doc("LR schedule plugin: linear | cosine | constant", default="linear")
     loss: str = _doc("loss plugin for every task: cross_entropy | focal | ...", default="cross_entropy")
-    loss_options: dict[str, Any] = _doc("options passed to the loss (class_weights, label_smoothing, gamma)", factory=dict)
-    metrics: list[str] = _doc("metric plugins computed per task each epoch", factory=lambda: ["accuracy", "macro_f1"])
+    loss_options: dict[str, Any] = _doc(
+        "options passed to the loss (class_weights, label_smoothing, gamma)", factory=dict
+    )
+    metrics: list[str] = _doc(
+        "metric plugins computed per task each epoch", factory=lambda: ["accuracy", "macro_f1"]
+    )
     mixed_precision: str = _doc("no | fp16 | bf16 (Accelerate)", default="no")
     checkpoint_every_steps: int | None = _doc("also checkpoint every N optimizer steps", default=None)
     group_by_length: bool = _doc("batch texts of similar length together (shuffled groups)", default=True)
@@ -142,7 +166,9 @@ class ExperimentConfig:
     exp_id: str = _doc("experiment id; names the output folder")
     description: str = _doc("free text", default="")
     base_config: str | None = _doc("parent config, relative to this file; chains of any depth", default=None)
-    task_type: str | None = _doc("single_cls | double_cls | multi_cls; derived from label columns", default=None)
+    task_type: str | None = _doc(
+        "single_cls | double_cls | multi_cls; derived from label columns", default=None
+    )
     seed: int = _doc("seed for model init, shuffling and dropout", default=42)
     data: DataConfig = _doc("[data]")
     model: ModelConfig = _doc("[model]")
@@ -197,7 +223,9 @@ def _label_subset(value: Any, _type: Any) -> Any:
 def _loss_weight(value: Any, _type: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
         return [float(v) for v in value]
     if isinstance(value, Mapping) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
@@ -264,13 +292,16 @@ def _strip_unknown(data: Mapping[str, Any], cls: type) -> dict[str, Any]:
         elif get_origin(tp) is dict and isinstance(value, Mapping):
             item = _attrs_class(get_args(tp)[1])
             if item is not None:
-                value = {k: _strip_unknown(v, item) if isinstance(v, Mapping) else v for k, v in value.items()}
+                value = {
+                    k: _strip_unknown(v, item) if isinstance(v, Mapping) else v for k, v in value.items()
+                }
         result[key] = value
     return result
 
 
 def _cattrs_problems(exc: BaseException) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+
     def describe(error: BaseException, type_: Any) -> str:
         if isinstance(error, (TypeError, ValueError)) and str(error).startswith("expected"):
             return str(error)  # our strict hooks already say what was expected and what came
@@ -326,7 +357,9 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
     def choice(key: str, value: str | None, allowed: Sequence[str]) -> None:
         if value is not None and value not in allowed:
-            problems.append((key, f"{value!r} is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}"))
+            problems.append(
+                (key, f"{value!r} is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+            )
 
     choice("task_type", cfg.task_type, TASK_TYPES)
     choice("resources.priority", cfg.resources.priority, PRIORITIES)
@@ -334,16 +367,16 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     choice("model.pooling", cfg.model.pooling, POOLINGS)
     choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
     choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
-    if cfg.task_type in TASK_TYPES and cfg.task_type != cfg.derived_task_type:
-        # multi_cls is accepted for 2+ tasks: the seed uses it for the double-label experiment too.
-        if not (cfg.task_type == "multi_cls" and len(cfg.task_columns) >= 2):
-            problems.append(
-                (
-                    "task_type",
-                    f"{cfg.task_type!r} disagrees with data.label_subset, which has "
-                    f"{len(cfg.task_columns)} label column(s) ({cfg.derived_task_type})",
-                )
+    # multi_cls is accepted for 2+ tasks: the seed uses it for the double-label experiment too.
+    seed_multi = cfg.task_type == "multi_cls" and len(cfg.task_columns) >= 2
+    if cfg.task_type in TASK_TYPES and cfg.task_type != cfg.derived_task_type and not seed_multi:
+        problems.append(
+            (
+                "task_type",
+                f"{cfg.task_type!r} disagrees with data.label_subset, which has "
+                f"{len(cfg.task_columns)} label column(s) ({cfg.derived_task_type})",
             )
+        )
     positive = {
         "data.max_len": cfg.data.max_len,
         "train.batch_size": cfg.train.batch_size,
@@ -365,7 +398,9 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     if cfg.data.val_data_path is None and cfg.data.val_ratio <= 0:
         problems.append(("data.val_ratio", "must be > 0 when data.val_data_path is not set"))
     if cfg.train.save_strategy != "last" and not cfg.train.save_strategy.startswith("best_"):
-        problems.append(("train.save_strategy", f'expected "last" or "best_<metric>", got {cfg.train.save_strategy!r}'))
+        problems.append(
+            ("train.save_strategy", f'expected "last" or "best_<metric>", got {cfg.train.save_strategy!r}')
+        )
     tasks = cfg.task_columns
     weight = cfg.train.loss_weight
     if isinstance(weight, str) and weight != "uncertainty":
@@ -375,21 +410,30 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     elif isinstance(weight, dict):
         for name in weight:
             if name not in tasks:
-                problems.append((f"train.loss_weight.{name}", f"not a task{did_you_mean(name, tasks)}; tasks: {tasks}"))
+                problems.append(
+                    (f"train.loss_weight.{name}", f"not a task{did_you_mean(name, tasks)}; tasks: {tasks}")
+                )
     for task in cfg.model.heads:
         if task not in tasks:
             problems.append((f"model.heads.{task}", f"not a task{did_you_mean(task, tasks)}; tasks: {tasks}"))
     for name, rule in cfg.data.derive.items():
         if len(rule.bins) != len(rule.labels) + 1:
             problems.append(
-                (f"data.derive.{name}.bins", f"{len(rule.bins)} edges for {len(rule.labels)} labels; need labels + 1")
+                (
+                    f"data.derive.{name}.bins",
+                    f"{len(rule.bins)} edges for {len(rule.labels)} labels; need labels + 1",
+                )
             )
         elif any(b >= a for a, b in zip(rule.bins[1:], rule.bins, strict=False)):
             problems.append((f"data.derive.{name}.bins", "edges must increase"))
     if isinstance(cfg.data.label_subset, dict) and not cfg.data.label_subset:
         problems.append(("data.label_subset", "is an empty table; give at least one column"))
     if isinstance(cfg.data.label_subset, dict | list):
-        subsets = cfg.data.label_subset.items() if isinstance(cfg.data.label_subset, dict) else [("", cfg.data.label_subset)]
+        subsets = (
+            cfg.data.label_subset.items()
+            if isinstance(cfg.data.label_subset, dict)
+            else [("", cfg.data.label_subset)]
+        )
         for task, labels in subsets:
             key = f"data.label_subset.{task}" if task else "data.label_subset"
             if len(labels) < 2:
@@ -415,7 +459,11 @@ def _global_label_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         labels = cfg.task_labels(task) or []
         missing = [label for label in labels if label not in global_map]
         if missing:
-            key = f"data.label_subset.{task}" if isinstance(cfg.data.label_subset, dict) else "data.label_subset"
+            key = (
+                f"data.label_subset.{task}"
+                if isinstance(cfg.data.label_subset, dict)
+                else "data.label_subset"
+            )
             problems.append((key, f"labels {missing} are not in {cfg.data.global_label_map}"))
     return problems
 

@@ -15,7 +15,9 @@ from ..plugins import Plugins
 from ..runs.layout import RunLayout
 
 
-def save_artifacts(layout: RunLayout, classifier: Any, plan_json: dict[str, Any], extra: dict[str, Any]) -> None:
+def save_artifacts(
+    layout: RunLayout, classifier: Any, plan_json: dict[str, Any], extra: dict[str, Any]
+) -> None:
     """Write the adapter folder next to the old one, then swap: a crash never leaves half an adapter."""
     from safetensors.torch import save_file
 
@@ -59,11 +61,16 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
     adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
     head_specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
     hidden = encoder.config.hidden_size
-    heads = [spec.build(hidden, t["num_labels"], dict(t["head_options"])) for spec, t in zip(head_specs, meta["tasks"])]
+    heads = [
+        spec.build(hidden, t["num_labels"], dict(t["head_options"]))
+        for spec, t in zip(head_specs, meta["tasks"], strict=False)
+    ]
     classifier = MultiTaskClassifier(adapted, heads, [t["name"] for t in meta["tasks"]], meta["pooling"])
     state = load_file(str(layout.heads_weights))
     for key, head in classifier.heads.items():
-        head.load_state_dict({name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key})
+        head.load_state_dict(
+            {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
+        )
     classifier.to(torch.device(device)).eval()
     return TrainedModel(
         classifier=classifier,

@@ -46,7 +46,13 @@ class ModelPlan:
             "target_modules": self.target_modules,
             "pooling": self.pooling,
             "tasks": [
-                {"name": t.name, "num_labels": t.num_labels, "head": t.head, "head_options": t.head_options, "loss": t.loss}
+                {
+                    "name": t.name,
+                    "num_labels": t.num_labels,
+                    "head": t.head,
+                    "head_options": t.head_options,
+                    "loss": t.loss,
+                }
                 for t in self.tasks
             ],
         }
@@ -75,7 +81,9 @@ def method_options(cfg: ExperimentConfig) -> dict[str, Any]:
     return attrs.asdict(table) if table is not None else {}
 
 
-def plan_model(cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plugins, encoder: Any) -> ModelPlan:
+def plan_model(
+    cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plugins, encoder: Any
+) -> ModelPlan:
     """Decide backbone, targets, heads and losses; plugin names are checked here, before any folder exists."""
     backbone = resolve_backbone(cfg, plugins)
     plugins.tuning_methods().get(cfg.model.method)
@@ -88,11 +96,19 @@ def plan_model(cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plu
         override = cfg.model.heads.get(task)
         head_name = (override.type if override and override.type else None) or cfg.model.head
         head_spec = plugins.task_heads().get(head_name)
-        loss = (override.loss if override and override.loss else None) or head_spec.default_loss or cfg.train.loss
+        loss = (
+            (override.loss if override and override.loss else None)
+            or head_spec.default_loss
+            or cfg.train.loss
+        )
         plugins.losses().get(loss)
         head_options = {
-            "dropout": override.dropout if override and override.dropout is not None else cfg.model.head_dropout,
-            "hidden_size": override.hidden_size if override and override.hidden_size else cfg.model.head_hidden_size,
+            "dropout": override.dropout
+            if override and override.dropout is not None
+            else cfg.model.head_dropout,
+            "hidden_size": override.hidden_size
+            if override and override.hidden_size
+            else cfg.model.head_hidden_size,
         }
         tasks.append(
             TaskPlan(
@@ -142,7 +158,10 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
 def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> Any:
     from .model import TaskLossCombiner
 
-    losses = [plugins.losses().get(t.loss).build(num_labels=t.num_labels, **cfg.train.loss_options) for t in plan.tasks]
+    losses = [
+        plugins.losses().get(t.loss).build(num_labels=t.num_labels, **cfg.train.loss_options)
+        for t in plan.tasks
+    ]
     weight = cfg.train.loss_weight
     tasks = [t.name for t in plan.tasks]
     if isinstance(weight, dict):

@@ -41,15 +41,21 @@ class TaskLossCombiner(nn.Module):
     """Weighted sum of per-task losses; ``uncertainty`` learns the weights (Kendall et al., 2018):
     ``sum_t exp(-s_t) * L_t + s_t / 2`` with ``s_t = log sigma_t^2`` trained with the model."""
 
-    def __init__(self, losses: Sequence[nn.Module], weights: Sequence[float] | None, uncertainty: bool = False):
+    def __init__(
+        self, losses: Sequence[nn.Module], weights: Sequence[float] | None, uncertainty: bool = False
+    ):
         super().__init__()
         self.losses = nn.ModuleList(losses)
         n = len(losses)
         self.register_buffer("weights", torch.tensor(list(weights) if weights else [1.0 / n] * n))
         self.log_vars = nn.Parameter(torch.zeros(n)) if uncertainty else None
 
-    def forward(self, logits: Sequence[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_task = torch.stack([loss(out, labels[:, i]) for i, (loss, out) in enumerate(zip(self.losses, logits))])
+    def forward(
+        self, logits: Sequence[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        per_task = torch.stack(
+            [loss(out, labels[:, i]) for i, (loss, out) in enumerate(zip(self.losses, logits, strict=False))]
+        )
         if self.log_vars is not None:
             total = (torch.exp(-self.log_vars) * per_task + 0.5 * self.log_vars).sum()
         else:
@@ -67,7 +73,9 @@ def load_trainable_state(module: nn.Module, state: dict[str, Any]) -> None:
     missing = [name for name, p in own.items() if p.requires_grad and name not in state]
     unexpected = [name for name in state if name not in own]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
         for name, value in state.items():
             own[name].copy_(value.to(own[name].device, own[name].dtype))

@@ -23,7 +23,11 @@ ATTENTION_PATTERNS: tuple[tuple[str, ...], ...] = (
 def linear_names(model: Any) -> set[str]:
     import torch
 
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
 
 
 def detect_attention_modules(model: Any) -> list[str]:

@@ -67,7 +67,7 @@ def collate(split: Any, index: np.ndarray, pad_id: int) -> dict[str, Any]:
     width = int((ends - starts).max())
     ids = np.full((len(index), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(index), width), dtype=np.int64)
-    for row, (s, e) in enumerate(zip(starts, ends)):
+    for row, (s, e) in enumerate(zip(starts, ends, strict=False)):
         ids[row, : e - s] = split.ids[s:e]
         mask[row, : e - s] = 1
     return {

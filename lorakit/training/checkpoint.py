@@ -47,7 +47,9 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
-    write_json_atomic(tmp / STATE_FILE, {**state, "global_step": global_step, "python_random": random.getstate()})
+    write_json_atomic(
+        tmp / STATE_FILE, {**state, "global_step": global_step, "python_random": random.getstate()}
+    )
     if final.exists():  # the same step checkpointed twice (epoch end right after a step checkpoint)
         shutil.rmtree(final)
     tmp.rename(final)

@@ -8,7 +8,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("lorakit", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy", "pandas")
+PACKAGES = (
+    "lorakit",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "pandas",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -30,7 +40,9 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=False
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
@@ -55,12 +67,17 @@ def peak_memory_mb(device: Any) -> dict[str, float | None]:
     try:
         import resource
 
-        return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_reserved_mb": None}
+        return {
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_reserved_mb": None,
+        }
     except ImportError:  # pragma: no cover - Windows
         return {"peak_memory_mb": None, "peak_reserved_mb": None}
 
 
-def env_info(device: Any, plugin_versions: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def env_info(
+    device: Any, plugin_versions: dict[str, str], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -73,4 +90,6 @@ def env_info(device: Any, plugin_versions: dict[str, str], extra: dict[str, Any]
 
 
 def env_version(packages: dict[str, str | None]) -> str:
-    return ", ".join(f"{name}=={packages[name]}" for name in ("torch", "transformers", "peft") if packages.get(name))
+    return ", ".join(
+        f"{name}=={packages[name]}" for name in ("torch", "transformers", "peft") if packages.get(name)
+    )

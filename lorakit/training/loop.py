@@ -36,7 +36,9 @@ class RunStopped(Exception):
         self.signal_name = signal_name
         self.global_step = global_step
         self.exit_code = INTERRUPTED_EXIT if signal_name == "SIGINT" else PREEMPTED_EXIT
-        super().__init__(f"stopped by {signal_name} at step {global_step}; checkpoint saved, resume with --resume")
+        super().__init__(
+            f"stopped by {signal_name} at step {global_step}; checkpoint saved, resume with --resume"
+        )
 
 
 class NonFiniteLoss(LorakitError):
@@ -138,7 +140,10 @@ class TrainingLoop:
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": cfg.train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=cfg.train.lr,
         )
         self.classifier, self.optimizer = self.accelerator.prepare(classifier, optimizer)
@@ -147,8 +152,10 @@ class TrainingLoop:
         self.batches_per_epoch = len(self._batches(1))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.grad_accum)
         total = self.steps_per_epoch * cfg.train.epochs
-        self.scheduler = plugins.lr_schedulers().get(cfg.train.lr_scheduler).build(
-            self.optimizer, round(total * cfg.train.warmup_ratio), total
+        self.scheduler = (
+            plugins.lr_schedulers()
+            .get(cfg.train.lr_scheduler)
+            .build(self.optimizer, round(total * cfg.train.warmup_ratio), total)
         )
         self.state = LoopState()
 
@@ -204,8 +211,13 @@ class TrainingLoop:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng(ckpt["rng"], ckpt["state"]["python_random"])
         self.state = LoopState(**ckpt["state"]["loop"])
-        log.info("resumed from %s (epoch %d, batch %d, step %d)", path.name, self.state.epoch, self.state.batch,
-                 self.state.global_step)
+        log.info(
+            "resumed from %s (epoch %d, batch %d, step %d)",
+            path.name,
+            self.state.epoch,
+            self.state.batch,
+            self.state.global_step,
+        )
         return True
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -236,7 +248,9 @@ class TrainingLoop:
                     # remember the first non-finite step on the device: no per-step host sync
                     bad = ~torch.isfinite(loss.detach())
                     step_no = self.state.global_step + 1
-                    first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad)
+                    first_bad = torch.where(
+                        bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad
+                    )
                     running += loss.detach()
                     last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
                     # the epoch's last accumulation group may be short: average over its real size
@@ -248,7 +262,9 @@ class TrainingLoop:
                     if not last_in_step:
                         continue
                     if cfg.train.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(self.classifier.parameters(), cfg.train.max_grad_norm)
+                        self.accelerator.clip_grad_norm_(
+                            self.classifier.parameters(), cfg.train.max_grad_norm
+                        )
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -258,8 +274,11 @@ class TrainingLoop:
                         self._check_finite(first_bad)
                         log.info(
                             "epoch %d step %d/%d loss %.4f lr %.2e",
-                            epoch, self.state.global_step, self.steps_per_epoch * cfg.train.epochs,
-                            running.item() / max(b + 1 - window_start, 1), self.scheduler.get_last_lr()[0],
+                            epoch,
+                            self.state.global_step,
+                            self.steps_per_epoch * cfg.train.epochs,
+                            running.item() / max(b + 1 - window_start, 1),
+                            self.scheduler.get_last_lr()[0],
                         )
                     every = cfg.train.checkpoint_every_steps
                     at_interval = bool(every) and self.state.global_step % every == 0 and b + 1 < len(batches)
@@ -292,11 +311,13 @@ class TrainingLoop:
         if step >= 0:
             raise NonFiniteLoss(
                 f"{self.cfg.exp_id}: the loss became NaN or infinite at step {step}; lower train.lr, "
-                "check the data, or use train.mixed_precision = \"no\""
+                'check the data, or use train.mixed_precision = "no"'
             )
 
     def _progress(self, epoch: int, total: int) -> Any:
-        if not (sys.stderr.isatty() and self.accelerator.is_main_process) or os.environ.get("LORAKIT_NO_PROGRESS"):
+        if not (sys.stderr.isatty() and self.accelerator.is_main_process) or os.environ.get(
+            "LORAKIT_NO_PROGRESS"
+        ):
             return None
         from tqdm.auto import tqdm
 
@@ -337,7 +358,9 @@ class TrainingLoop:
             self.state.epochs_without_best = 0
         else:
             self.state.epochs_without_best += 1
-        summary = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("f1", "accuracy", "loss")))
+        summary = " ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("f1", "accuracy", "loss"))
+        )
         log.info("epoch %d: %s%s", epoch, summary, " (best)" if is_best else "")
         self.state.epoch, self.state.batch = epoch + 1, 0
         self.state.train_loss_sum, self.state.train_loss_batches = 0.0, 0

@@ -97,13 +97,17 @@ def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -
         return False
     if info is None:
         if any(layout.root.iterdir()):
-            raise ResumeError(f"{layout.root} exists and is not a lorakit experiment; use --force to replace it")
+            raise ResumeError(
+                f"{layout.root} exists and is not a lorakit experiment; use --force to replace it"
+            )
         return False
     status = info.get("status")
     if not resume:
         if status == "completed":
             raise ResumeError(f"{layout.root} holds a completed experiment; use --force to train it again")
-        raise ResumeError(f"{layout.root} holds an unfinished run ({status}); use --resume to continue or --force")
+        raise ResumeError(
+            f"{layout.root} holds an unfinished run ({status}); use --resume to continue or --force"
+        )
     if status == "completed":
         raise ResumeError(f"{layout.root} is already completed; nothing to resume (use --force to retrain)")
     if info.get("config_fingerprint") != cfg_fp:
@@ -148,7 +152,9 @@ def run_experiment(
     if resuming:
         old = read_json(layout.run_info)
         if old.get("data_fingerprint") != data.fingerprint:
-            raise ResumeError(f"{layout.root}: the data changed since this run started; resume refused (use --force)")
+            raise ResumeError(
+                f"{layout.root}: the data changed since this run started; resume refused (use --force)"
+            )
 
     # --- the folder ---------------------------------------------------------------------------------
     if force and layout.root.exists():
@@ -156,7 +162,11 @@ def run_experiment(
         layout.root.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
     layout.root.mkdir(parents=True, exist_ok=True)
-    run_info = _initial_run_info(cfg, config_path, data, plan, fingerprints) if not resuming else read_json(layout.run_info)
+    run_info = (
+        _initial_run_info(cfg, config_path, data, plan, fingerprints)
+        if not resuming
+        else read_json(layout.run_info)
+    )
     run_info.update(status="running", error=None, end_time=None)
     if not resuming:
         _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
@@ -173,7 +183,10 @@ def run_experiment(
             metrics_doc.clear()
             metrics_doc.update(state.history)
             if state.best_epoch is not None:
-                metrics_doc["best"] = {"epoch": state.best_epoch, **state.history[f"epoch_{state.best_epoch}"]}
+                metrics_doc["best"] = {
+                    "epoch": state.best_epoch,
+                    **state.history[f"epoch_{state.best_epoch}"],
+                }
             write_json_atomic(layout.metrics, metrics_doc)
             _sync_index(layout)
             plugins.on_epoch_end(exp_id=cfg.exp_id, epoch=epoch, metrics=metrics)
@@ -193,8 +206,17 @@ def run_experiment(
             )
 
         loop = TrainingLoop(
-            cfg, plugins=plugins, layout=layout, classifier=classifier, combiner=combiner, data=data, plan=plan,
-            pad_id=pad_id, fingerprints=fingerprints, on_epoch=on_epoch, on_best=on_best,
+            cfg,
+            plugins=plugins,
+            layout=layout,
+            classifier=classifier,
+            combiner=combiner,
+            data=data,
+            plan=plan,
+            pad_id=pad_id,
+            fingerprints=fingerprints,
+            on_epoch=on_epoch,
+            on_best=on_best,
         )
         run_info["device_used"] = _device_used(loop.device)
         write_json_atomic(layout.run_info, run_info)
@@ -205,8 +227,13 @@ def run_experiment(
         plugins.on_run_start(exp_id=cfg.exp_id, config=to_dict(cfg), output_dir=str(layout.root))
         log.info(
             "%s: %d train / %d val rows, tasks %s, %s on %s (data cache %s)",
-            cfg.exp_id, len(data.splits["train"]), len(data.splits["val"]), [t.name for t in plan.tasks],
-            plan.backbone, run_info["device_used"], "hit" if data.hit else "miss",
+            cfg.exp_id,
+            len(data.splits["train"]),
+            len(data.splits["val"]),
+            [t.name for t in plan.tasks],
+            plan.backbone,
+            run_info["device_used"],
+            "hit" if data.hit else "miss",
         )
         try:
             state = loop.run()
@@ -227,7 +254,13 @@ def run_experiment(
         _verify_reload(layout, loop, data, plugins, best_dir)
         _finish(layout, run_info, loop, plugins, cfg, "completed", None)
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
-        log.info("%s completed: best epoch %s, %s %.4f", cfg.exp_id, state.best_epoch, loop.metric, state.best_value)
+        log.info(
+            "%s completed: best epoch %s, %s %.4f",
+            cfg.exp_id,
+            state.best_epoch,
+            loop.metric,
+            state.best_value,
+        )
     return RunResult(
         exp_id=cfg.exp_id,
         output_dir=layout.root,
@@ -244,7 +277,9 @@ def config_copy_text(cfg: ExperimentConfig, config_path: str | None) -> str:
     base = data.pop("base_config", None)
     header = [f"# Frozen copy of {config_path or 'a config dict'}, fully merged (lorakit {_version()})."]
     if base:
-        header.append(f"# It inherited from base_config = {base!r}; every inherited value is written out below.")
+        header.append(
+            f"# It inherited from base_config = {base!r}; every inherited value is written out below."
+        )
     return "\n".join(header) + "\n" + to_toml(data)
 
 
@@ -271,7 +306,9 @@ def _plugin_versions(plugins: Plugins) -> dict[str, str]:
     }
 
 
-def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, data: Any, plan: Any, fps: dict) -> dict:
+def _initial_run_info(
+    cfg: ExperimentConfig, config_path: str | None, data: Any, plan: Any, fps: dict
+) -> dict:
     from ..config.render import short_source
 
     return {
@@ -296,7 +333,9 @@ def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, data: Any,
             "max_len": cfg.data.max_len,
             "loss_weight": cfg.train.loss_weight,
         },
-        "headline_metric": cfg.train.save_strategy.removeprefix("best_") if cfg.train.save_strategy != "last" else "avg_f1",
+        "headline_metric": cfg.train.save_strategy.removeprefix("best_")
+        if cfg.train.save_strategy != "last"
+        else "avg_f1",
         "device_used": None,
         "env_version": env_version(package_versions()),
         "error": None,
@@ -307,8 +346,15 @@ def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, data: Any,
     }
 
 
-def _finish(layout: RunLayout, run_info: dict, loop: Any, plugins: Plugins, cfg: ExperimentConfig,
-            status: str, error: str | None) -> None:
+def _finish(
+    layout: RunLayout,
+    run_info: dict,
+    loop: Any,
+    plugins: Plugins,
+    cfg: ExperimentConfig,
+    status: str,
+    error: str | None,
+) -> None:
     run_info.update(status=status, end_time=now(), error=error)
     memory = peak_memory_mb(loop.device)
     run_info.update(memory)
@@ -331,9 +377,9 @@ def _weights_from_artifacts(layout: RunLayout, loop: Any) -> dict[str, Any]:
     weights = dict(current)
     for key in current:
         if key.startswith("model.heads."):
-            weights[key] = heads[key[len("model.heads."):]]
+            weights[key] = heads[key[len("model.heads.") :]]
         elif key.startswith("model.encoder."):
-            weights[key] = _match_adapter_key(key[len("model.encoder."):], adapter)
+            weights[key] = _match_adapter_key(key[len("model.encoder.") :], adapter)
     return weights
 
 
@@ -365,7 +411,9 @@ def _verify_reload(layout: RunLayout, loop: Any, data: Any, plugins: Plugins, be
     reloaded = load_artifacts(layout, plugins, device=str(loop.device)).classifier
     with torch.no_grad():
         ids, mask = batch["input_ids"].to(loop.device), batch["attention_mask"].to(loop.device)
-        for a, b in zip(trained(ids, mask), reloaded(ids, mask)):
+        for a, b in zip(trained(ids, mask), reloaded(ids, mask), strict=False):
             if not torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4):
-                raise RuntimeError(f"{layout.adapter_dir}: reloaded model's logits differ from the trained model's")
+                raise RuntimeError(
+                    f"{layout.adapter_dir}: reloaded model's logits differ from the trained model's"
+                )
     log.info("reloaded %s with plain peft: logits match", best_dir)
