@@ -90,10 +90,12 @@ def test_utf8_bom_is_stripped(plugins: Plugins, tmp_path: Path) -> None:
     assert list(read(plugins, path).columns) == list(FRAME.columns)
 
 
-def test_missing_values_are_na(plugins: Plugins, tmp_path: Path) -> None:
+def test_only_empty_cells_are_missing(plugins: Plugins, tmp_path: Path) -> None:
     path = tmp_path / "na.csv"
-    path.write_text("text,label\n你好,采纳\n,不采纳\nNA,采纳\n", encoding="utf-8")
-    assert read(plugins, path)["text"].isna().tolist() == [False, True, True]
+    path.write_text("text,label\n你好,采纳\n,不采纳\nNA,None\n", encoding="utf-8")
+    frame = read(plugins, path)
+    assert frame["text"].isna().tolist() == [False, True, False]
+    assert frame["label"].tolist() == ["采纳", "不采纳", "None"]  # a label called "None" is a label
 
 
 def invalid_in_row_3(path: Path) -> tuple[Path, int]:
