@@ -20,22 +20,41 @@ import click
     type=click.Path(file_okay=False),
     help="Outputs folder (default: $LORAKIT_OUTPUTS or ./outputs).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Data-parallel processes via torchrun (default: resources.gpus when that many GPUs are visible).",
+)
 def train(
-    config_path: str, overrides: tuple[str, ...], resume: bool, force: bool, outputs: str | None
+    config_path: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    force: bool,
+    outputs: str | None,
+    nproc: int | None,
 ) -> None:
     """Train the experiment described by CONFIG_PATH."""
     from ..errors import LorakitError
     from ..experiment import Experiment
+    from ..training import distributed
     from ..training.loop import RunStopped
 
     if resume and force:
         raise LorakitError("--resume and --force exclude each other")
     experiment = Experiment(config_path, overrides, outputs=outputs)
+    if not distributed.in_worker():
+        nproc = nproc or distributed.default_nproc(experiment.config.resources.gpus)
+        if nproc > 1:
+            args = [config_path, *(f"--set={o}" for o in overrides), f"--outputs={experiment.outputs}"]
+            args += ["--resume"] * resume + ["--force"] * force
+            sys.exit(distributed.launch(nproc, args, experiment.output_dir / "run.json"))
     try:
         result = experiment.run(resume=resume, force=force)
     except RunStopped as stop:
         click.echo(f"{experiment.config.exp_id}: {stop}", err=True)
         sys.exit(stop.exit_code)
+    if not result.best and distributed.in_worker():
+        return  # ranks other than 0 have nothing to report
     best = result.best
     click.echo(f"{result.exp_id}: completed, best epoch {best.get('epoch')}")
     for key, value in best.items():

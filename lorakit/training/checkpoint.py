@@ -18,6 +18,11 @@ STATE_FILE = "trainer_state.json"
 KEEP = 2
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's RNG state (each rank of a distributed run has its own)."""
+    return _rng_state()
+
+
 def _rng_state() -> dict[str, Any]:
     import torch
 
@@ -35,6 +40,7 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     state: dict[str, Any],
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -46,7 +52,8 @@ def save_checkpoint(
     save_file(weights, str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
+    # one RNG state per rank: exact resume needs every rank's dropout stream back
+    torch.save({"ranks": rank_rng or [_rng_state()]}, tmp / "rng.pt")
     write_json_atomic(
         tmp / STATE_FILE, {**state, "global_step": global_step, "python_random": random.getstate()}
     )
@@ -87,9 +94,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     }
 
 
-def restore_rng(rng: dict[str, Any], python_random: Any) -> None:
+def restore_rng(rng: dict[str, Any], python_random: Any, rank: int = 0) -> None:
     import torch
 
+    ranks = rng["ranks"]
+    if rank >= len(ranks):
+        raise RuntimeError(f"checkpoint holds RNG states of {len(ranks)} rank(s); this is rank {rank}")
+    rng = ranks[rank]
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

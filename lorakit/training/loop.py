@@ -14,11 +14,11 @@ import attrs
 import numpy as np
 
 from ..config.schema import ExperimentConfig
-from ..errors import LorakitError
+from ..errors import LorakitError, ResumeError
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
 from .batching import collate, epoch_batches
-from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .evaluate import compute_metrics, predict_split
 
 log = logging.getLogger("lorakit.train")
@@ -188,17 +188,51 @@ class TrainingLoop:
         load_trainable_state(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
         load_trainable_state(self.combiner, {k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
 
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
     def checkpoint(self) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        save_checkpoint(
-            self.layout.checkpoints,
-            global_step=self.state.global_step,
-            weights=self.trainable(),
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            state={"loop": attrs.asdict(self.state), "fingerprints": self.fingerprints},
-        )
+        """Every rank calls this (RNG states are gathered); rank 0 alone writes."""
+        rank_rng = [rng_state()]
+        if self.world_size > 1:
+            from accelerate.utils import gather_object
+
+            rank_rng = gather_object(rank_rng)
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.layout.checkpoints,
+                global_step=self.state.global_step,
+                weights=self.trainable(),
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={
+                    "loop": attrs.asdict(self.state),
+                    "fingerprints": self.fingerprints,
+                    "world_size": self.world_size,
+                },
+                rank_rng=rank_rng,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def steps_per_rank(self) -> list[int]:
+        """Optimizer steps each rank took (proof that every rank trained)."""
+        if self.world_size == 1:
+            return [self.state.global_step]
+        from accelerate.utils import gather_object
+
+        return [int(x) for x in gather_object([self.state.global_step])]
+
+    def stop_requested(self, signals: SignalCatcher) -> str | None:
+        """The stop signal, agreed by every rank (one tiny all-reduce per step, only when distributed)."""
+        if self.world_size == 1:
+            return signals.received
+        import torch
+
+        code = STOP_SIGNALS.index(signals.received) + 1 if signals.received else 0
+        flag = torch.tensor([code], device=self.device)
+        agreed = int(self.accelerator.gather(flag).max().item())
+        return STOP_SIGNALS[agreed - 1] if agreed else None
 
     def resume(self) -> bool:
         """Load the newest complete checkpoint; False when there is none."""
@@ -206,10 +240,16 @@ class TrainingLoop:
         if path is None:
             return False
         ckpt = load_checkpoint(path)
+        saved_world = ckpt["state"].get("world_size", 1)
+        if saved_world != self.world_size:
+            raise ResumeError(
+                f"{path}: saved by {saved_world} process(es), resuming with {self.world_size}; "
+                "exact resume needs the same number of processes"
+            )
         self.load_trainable(ckpt["weights"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng"], ckpt["state"]["python_random"])
+        restore_rng(ckpt["rng"], ckpt["state"]["python_random"], self.accelerator.process_index)
         self.state = LoopState(**ckpt["state"]["loop"])
         log.info(
             "resumed from %s (epoch %d, batch %d, step %d)",
@@ -234,7 +274,8 @@ class TrainingLoop:
                 epoch = self.state.epoch
                 batches = self._batches(epoch)
                 self.classifier.train()
-                running = torch.zeros((), device=self.device)
+                # float64: sums of float32 losses stay exact, so a resumed run banks the same train_loss
+                running = torch.zeros((), dtype=torch.float64, device=self.device)
                 window_start = self.state.batch  # first batch whose loss is in `running`
                 progress = self._progress(epoch, len(batches))
                 started = time.perf_counter()
@@ -251,7 +292,7 @@ class TrainingLoop:
                     first_bad = torch.where(
                         bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad
                     )
-                    running += loss.detach()
+                    running += loss.detach().double()
                     last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
                     # the epoch's last accumulation group may be short: average over its real size
                     group = min(accum, len(batches) - (b // accum) * accum)
@@ -282,13 +323,14 @@ class TrainingLoop:
                         )
                     every = cfg.train.checkpoint_every_steps
                     at_interval = bool(every) and self.state.global_step % every == 0 and b + 1 < len(batches)
-                    if at_interval or signals.received:
+                    stop = self.stop_requested(signals)
+                    if at_interval or stop:
                         self._bank(running)
                         running.zero_()
                         window_start = self.state.batch
                         self.checkpoint()
-                    if signals.received:
-                        raise RunStopped(signals.received, self.state.global_step)
+                    if stop:
+                        raise RunStopped(stop, self.state.global_step)
                 if progress is not None:
                     progress.close()
                 self._check_finite(first_bad)
@@ -297,8 +339,9 @@ class TrainingLoop:
                 if self._should_stop_early():
                     log.info("early stopping: no new best for %d epochs", self.state.epochs_without_best)
                     break
-                if signals.received:
-                    raise RunStopped(signals.received, self.state.global_step)
+                stop = self.stop_requested(signals)
+                if stop:
+                    raise RunStopped(stop, self.state.global_step)
         return self.state
 
     def _bank(self, running: Any) -> None:

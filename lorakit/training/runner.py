@@ -6,9 +6,11 @@ folder is touched, so a failed start leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -131,7 +133,9 @@ def run_experiment(
 
     layout = RunLayout.for_exp(cfg.exp_id, outputs)
     cfg_fp = config_fingerprint(cfg)
-    resuming = check_folder(layout, cfg_fp, resume=resume, force=force)
+    # In a distributed run (torchrun sets RANK) rank 0 alone checks and writes the folder.
+    main = int(os.environ.get("RANK", "0")) == 0
+    resuming = check_folder(layout, cfg_fp, resume=resume, force=force) if main else resume
 
     # --- everything that can fail on user input happens before the folder is touched ---------------
     from ..modeling.build import build_classifier, build_losses, load_backbone_encoder, plan_model
@@ -149,61 +153,41 @@ def run_experiment(
     plan = plan_model(cfg, label_counts, plugins, encoder)
     combiner = build_losses(cfg, plan, plugins)
     fingerprints = {"config": cfg_fp, "data": data.fingerprint}
-    if resuming:
-        old = read_json(layout.run_info)
-        if old.get("data_fingerprint") != data.fingerprint:
-            raise ResumeError(
-                f"{layout.root}: the data changed since this run started; resume refused (use --force)"
-            )
+    if resuming and main and read_json(layout.run_info).get("data_fingerprint") != data.fingerprint:
+        raise ResumeError(
+            f"{layout.root}: the data changed since this run started; resume refused (use --force)"
+        )
 
     # --- the folder ---------------------------------------------------------------------------------
-    if force and layout.root.exists():
-        trash = layout.root.with_name(f".{layout.exp_id}.deleted-{uuid.uuid4().hex[:8]}")
-        layout.root.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    run_info = (
-        _initial_run_info(cfg, config_path, data, plan, fingerprints)
-        if not resuming
-        else read_json(layout.run_info)
-    )
-    run_info.update(status="running", error=None, end_time=None)
-    if not resuming:
-        _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
-        write_json_atomic(layout.label_map, data.label_map.to_json())
+    run_info: dict[str, Any] = {}
+    if main:
+        run_info = _open_folder(
+            layout, cfg, config_path, data, plan, fingerprints, resuming=resuming, force=force
+        )
 
     from .loop import NonFiniteLoss, RunStopped, TrainingLoop
 
     pad_id = tokenizer().pad_token_id
-    with _LogToFile(layout.train_log, echo):
+    with _LogToFile(layout.train_log, echo) if main else contextlib.nullcontext():
         classifier = build_classifier(plan, encoder, plugins, cfg.seed)
-        metrics_doc: dict[str, Any] = {}
 
         def on_epoch(epoch: int, metrics: dict[str, float], state: Any) -> None:
-            metrics_doc.clear()
-            metrics_doc.update(state.history)
+            doc: dict[str, Any] = dict(state.history)
             if state.best_epoch is not None:
-                metrics_doc["best"] = {
-                    "epoch": state.best_epoch,
-                    **state.history[f"epoch_{state.best_epoch}"],
-                }
-            write_json_atomic(layout.metrics, metrics_doc)
+                doc["best"] = {"epoch": state.best_epoch, **state.history[f"epoch_{state.best_epoch}"]}
+            write_json_atomic(layout.metrics, doc)
             _sync_index(layout)
             plugins.on_epoch_end(exp_id=cfg.exp_id, epoch=epoch, metrics=metrics)
 
         def on_best(model: Any, state: Any) -> None:
             from ..modeling.artifacts import save_artifacts
 
-            save_artifacts(
-                layout,
-                model,
-                plan.to_json(),
-                {
-                    "labels": data.label_map.to_json()["tasks"],
-                    "max_len": cfg.data.max_len,
-                    "text_column": cfg.data.text_column,
-                },
-            )
+            extra = {
+                "labels": data.label_map.to_json()["tasks"],
+                "max_len": cfg.data.max_len,
+                "text_column": cfg.data.text_column,
+            }
+            save_artifacts(layout, model, plan.to_json(), extra)
 
         loop = TrainingLoop(
             cfg,
@@ -218,40 +202,54 @@ def run_experiment(
             on_epoch=on_epoch,
             on_best=on_best,
         )
-        run_info["device_used"] = _device_used(loop.device)
-        write_json_atomic(layout.run_info, run_info)
-        write_json_atomic(layout.env_info, env_info(loop.device, _plugin_versions(plugins)))
-        _sync_index(layout)
+        if main:
+            run_info.update(device_used=_device_used(loop.device), world_size=loop.world_size)
+            write_json_atomic(layout.run_info, run_info)
+            write_json_atomic(layout.env_info, env_info(loop.device, _plugin_versions(plugins)))
+            _sync_index(layout)
+            plugins.on_run_start(exp_id=cfg.exp_id, config=to_dict(cfg), output_dir=str(layout.root))
         if resuming and not loop.resume():
             log.info("no checkpoint found: starting from the beginning")
-        plugins.on_run_start(exp_id=cfg.exp_id, config=to_dict(cfg), output_dir=str(layout.root))
         log.info(
-            "%s: %d train / %d val rows, tasks %s, %s on %s (data cache %s)",
+            "%s: %d train / %d val rows, tasks %s, %s on %s x%d (data cache %s)",
             cfg.exp_id,
             len(data.splits["train"]),
             len(data.splits["val"]),
             [t.name for t in plan.tasks],
             plan.backbone,
-            run_info["device_used"],
+            _device_used(loop.device),
+            loop.world_size,
             "hit" if data.hit else "miss",
         )
         try:
             state = loop.run()
         except RunStopped as stop:
-            _finish(layout, run_info, loop, plugins, cfg, "preempted", stop.signal_name)
+            if main:
+                _finish(layout, run_info, loop, plugins, cfg, "preempted", stop.signal_name)
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NonFiniteLoss) else str(exc)
-            _finish(layout, run_info, loop, plugins, cfg, "failed", reason)
+            if main:
+                reason = str(exc) if isinstance(exc, NonFiniteLoss) else f"{type(exc).__name__}: {exc}"
+                _finish(layout, run_info, loop, plugins, cfg, "failed", reason)
             raise
+        steps = loop.steps_per_rank()
+        if not main:
+            return RunResult(
+                exp_id=cfg.exp_id,
+                output_dir=layout.root,
+                status="completed",
+                metrics={},
+                best={},
+                data_cache_hit=data.hit,
+            )
+        run_info["steps_per_rank"] = steps
         # The best epoch's weights are on disk; bring them back so the test split and the check use them.
-        best_dir = layout.adapter_dir
         metrics_doc = read_json(layout.metrics)
         if "test" in data.splits:
             loop.load_trainable(_weights_from_artifacts(layout, loop))
             metrics_doc["test"] = loop.evaluate("test")
             write_json_atomic(layout.metrics, metrics_doc)
-        _verify_reload(layout, loop, data, plugins, best_dir)
+        _verify_reload(layout, loop, data, plugins, layout.adapter_dir)
         _finish(layout, run_info, loop, plugins, cfg, "completed", None)
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
         log.info(
@@ -269,6 +267,33 @@ def run_experiment(
         best=metrics_doc.get("best", {}),
         data_cache_hit=data.hit,
     )
+
+
+def _open_folder(
+    layout: RunLayout,
+    cfg: ExperimentConfig,
+    config_path: str | None,
+    data: Any,
+    plan: Any,
+    fingerprints: dict[str, str],
+    *,
+    resuming: bool,
+    force: bool,
+) -> dict[str, Any]:
+    """Create (or, with --force, replace) the experiment folder and write what is known before training."""
+    if force and layout.root.exists():
+        trash = layout.root.with_name(f".{layout.exp_id}.deleted-{uuid.uuid4().hex[:8]}")
+        layout.root.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        run_info = read_json(layout.run_info)
+    else:
+        run_info = _initial_run_info(cfg, config_path, data, plan, fingerprints)
+        _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
+        write_json_atomic(layout.label_map, data.label_map.to_json())
+    run_info.update(status="running", error=None, end_time=None)
+    return run_info
 
 
 def config_copy_text(cfg: ExperimentConfig, config_path: str | None) -> str:
