@@ -256,3 +256,17 @@ def test_bad_config_leaves_no_folder(project, cli):
     assert result.returncode == 2
     assert "unknown task head 'nope'" in result.stderr
     assert not (outputs(project) / "bad").exists()
+
+
+def test_test_split_is_scored_with_the_best_epoch(project):
+    config = project("with_test", tasks=2, epochs=2)
+    result = Experiment(config, ["data.test_ratio=0.2"], outputs=outputs(project)).run(echo=False)
+    assert set(result.metrics["test"]) >= {"risk_level_f1", "is_adopt_f1", "avg_f1"}
+    assert result.metrics["best"]["epoch"] in (1, 2)
+
+
+def test_uncertainty_weights_and_dict_weights_train(project):
+    for name, weight in (("unc", '"uncertainty"'), ("dict", "{risk_level = 2.0, is_adopt = 1.0}")):
+        config = project(f"w_{name}", tasks=2, epochs=1)
+        result = Experiment(config, [f"train.loss_weight={weight}"], outputs=outputs(project)).run(echo=False)
+        assert result.status == "completed"

@@ -246,7 +246,7 @@ def run_experiment(
         # The best epoch's weights are on disk; bring them back so the test split and the check use them.
         metrics_doc = read_json(layout.metrics)
         if "test" in data.splits:
-            loop.load_trainable(_weights_from_artifacts(layout, loop))
+            _restore_best(layout, loop)
             metrics_doc["test"] = loop.evaluate("test")
             write_json_atomic(layout.metrics, metrics_doc)
         _verify_reload(layout, loop, data, plugins, layout.adapter_dir)
@@ -392,29 +392,16 @@ def _finish(
     plugins.on_run_end(exp_id=cfg.exp_id, status=status, metrics=metrics, output_dir=str(layout.root))
 
 
-def _weights_from_artifacts(layout: RunLayout, loop: Any) -> dict[str, Any]:
-    """The trainable weights of the saved best model, keyed as ``loop.trainable()`` keys them."""
+def _restore_best(layout: RunLayout, loop: Any) -> None:
+    """Load the saved best adapter and heads back into the live model, through peft's own key mapping."""
+    import peft
     from safetensors.torch import load_file
 
-    current = loop.trainable()
-    adapter = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
+    model = loop.accelerator.unwrap_model(loop.classifier)
+    peft.set_peft_model_state_dict(model.encoder, load_file(str(layout.adapter_dir / "adapter_model.safetensors")))
     heads = load_file(str(layout.heads_weights))
-    weights = dict(current)
-    for key in current:
-        if key.startswith("model.heads."):
-            weights[key] = heads[key[len("model.heads.") :]]
-        elif key.startswith("model.encoder."):
-            weights[key] = _match_adapter_key(key[len("model.encoder.") :], adapter)
-    return weights
-
-
-def _match_adapter_key(param: str, adapter: dict[str, Any]) -> Any:
-    # peft saves "base_model.model.X.lora_A.weight" for the live "base_model.model.X.lora_A.default.weight"
-    candidates = [param.replace(".default", ""), param]
-    for name in candidates:
-        if name in adapter:
-            return adapter[name]
-    raise KeyError(f"adapter file lacks {param}")
+    for key, head in model.heads.items():
+        head.load_state_dict({name.split(".", 1)[1]: v for name, v in heads.items() if name.split(".", 1)[0] == key})
 
 
 def _verify_reload(layout: RunLayout, loop: Any, data: Any, plugins: Plugins, best_dir: Path) -> None:
@@ -424,7 +411,7 @@ def _verify_reload(layout: RunLayout, loop: Any, data: Any, plugins: Plugins, be
     from ..modeling.artifacts import load_artifacts
     from .batching import collate
 
-    loop.load_trainable(_weights_from_artifacts(layout, loop))
+    _restore_best(layout, loop)
     split = data.splits["val"]
     n = min(len(split), 16)
     if n == 0:
