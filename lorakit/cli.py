@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import LorakitError
+from .errors import LorakitError, LorakitWarning
 
 # name → "module:attribute"; each module keeps heavy imports inside its functions.
 COMMANDS: dict[str, str] = {
@@ -27,6 +28,13 @@ COMMANDS: dict[str, str] = {
     "show": "lorakit.commands.browse:show",
     "rollback": "lorakit.commands.browse:rollback",
     "index": "lorakit.commands.browse:index",
+    "devices": "lorakit.commands.sched:devices",
+    "estimate": "lorakit.commands.sched:estimate",
+    "submit": "lorakit.commands.sched:submit",
+    "queue": "lorakit.commands.sched:queue",
+    "cancel": "lorakit.commands.sched:cancel",
+    "scheduler": "lorakit.commands.sched:scheduler",
+    "run-parallel": "lorakit.commands.sched:run_parallel",
 }
 
 
@@ -60,8 +68,22 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj["verbose"] = verbose
 
 
+def _show_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """lorakit's own warnings read like its errors: one line, no source location."""
+    if issubclass(category, LorakitWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors print one line each on stderr and exit with code 2."""
+    warnings.showwarning = _show_warning
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:

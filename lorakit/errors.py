@@ -39,6 +39,10 @@ class ResumeError(LorakitError):
     """A run cannot be resumed (or would be overwritten) as asked."""
 
 
+class LorakitWarning(UserWarning):
+    """Something the user should know that does not stop the command (a rebuilt cache, a rebuilt index)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``' (did you mean X?)'`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

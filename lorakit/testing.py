@@ -6,6 +6,10 @@ Fixtures:
 * ``lorakit_plugins`` — :class:`lorakit.plugins.Plugins` over ``lorakit_pm``, installed as the
   process-wide plugins for the test (restored afterwards).
 * ``builtin_plugins`` — a fresh manager with lorakit's own built-ins loaded from their entry points.
+* ``lorakit_plugins_factory`` — ``factory(*modules_or_entry_point_names)``: a fresh manager with only the
+  chosen plugins (plus the built-ins unless ``builtins=False``), active process-wide for the test.
+* ``tiny_bert`` / ``tiny_roberta`` — session-scoped paths of tiny random encoders with tokenizers.
+* ``synthetic_df`` — a small labelled frame of Chinese sentences.
 
 Nothing here imports torch until a fixture that needs it runs.
 """
@@ -13,7 +17,7 @@ Nothing here imports torch until a fixture that needs it runs.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -53,6 +57,57 @@ def builtin_plugins() -> Iterator[Plugins]:
     previous = set_plugins(plugins)
     try:
         yield plugins
+    finally:
+        set_plugins(previous)
+
+
+def plugins_with(*chosen: object, builtins: bool = True) -> Plugins:
+    """Typed plugins over a fresh manager holding only ``chosen`` (plus lorakit's built-ins if ``builtins``).
+
+    Each item is an installed entry-point name of the ``lorakit`` group (registered with its distribution
+    and version, as ``lorakit plugins`` would show it) or a plugin object/module registered as is (under
+    its ``__name__``). The built-ins are on by default because nothing trains without their data
+    sources, losses and metrics; pass ``builtins=False`` to test a plugin entirely on its own.
+    """
+    pm = new_manager(load_entrypoints=False)
+    if builtins:
+        load_builtins(pm)
+    points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    for item in chosen:
+        if isinstance(item, str):
+            if item not in points:
+                raise LookupError(
+                    f"no {ENTRY_POINT_GROUP!r} entry point named {item!r}; have {sorted(points)}"
+                )
+            ep = points[item]
+            dist = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            if not pm.has_plugin(ep.name):
+                pm.register_plugin(ep.load(), ep.name, dist, version)
+        else:
+            name = getattr(item, "__name__", None) or type(item).__name__
+            pm.register_plugin(item, name)
+    pm.check_pending()
+    return Plugins(pm)
+
+
+@pytest.fixture
+def lorakit_plugins_factory() -> Iterator[Callable[..., Plugins]]:
+    """``factory(*modules_or_entry_point_names, builtins=True)`` → fresh :class:`Plugins` with only those.
+
+    The last one made is active process-wide for the rest of the test (restored afterwards), so
+    ``Experiment(...)`` and the CLI code running in-process use it.
+    """
+    previous = set_plugins(None)
+    set_plugins(previous)  # only peeked: the process-wide plugins stay as they are until the factory runs
+
+    def factory(*chosen: object, builtins: bool = True) -> Plugins:
+        plugins = plugins_with(*chosen, builtins=builtins)
+        set_plugins(plugins)
+        return plugins
+
+    try:
+        yield factory
     finally:
         set_plugins(previous)
 
@@ -189,6 +244,108 @@ def make_tiny_bert(directory, *, seed: int = 0, hidden_size: int = 32, layers: i
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
     """Path of a tiny random BERT (2 layers, hidden 32) with a Chinese-capable tokenizer, built once per session."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in roberta-base (pad = 1)
+
+
+def _byte_level_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocab + merges that spell every multi-byte character of :func:`tiny_vocab` as one
+    token (byte pair first, then + the third byte), so Chinese text is one token per character and
+    anything else falls back to single bytes. Built by rule, not trained, so it is the same every time."""
+    # GPT-2's byte → printable-unicode table, which byte-level BPE uses for its vocabulary.
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = iter(range(256, 512))
+    byte_char = {b: chr(b if b in printable else next(extra)) for b in range(256)}
+    vocab = {token: i for i, token in enumerate(ROBERTA_SPECIAL_TOKENS)}
+    for b in range(256):
+        vocab[byte_char[b]] = len(vocab)
+    firsts: list[tuple[str, str]] = []
+    seconds: list[tuple[str, str]] = []
+    for char in tiny_vocab():
+        units = [byte_char[b] for b in char.encode("utf-8")]
+        if len(char) != 1 or len(units) < 2:  # words and ASCII stay bytes: only characters are merged
+            continue
+        merged = units[0]
+        for step, unit in enumerate(units[1:]):
+            pair = (merged, unit)
+            merged += unit
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+                (firsts if step == 0 else seconds).append(pair)
+    vocab["<mask>"] = len(vocab)
+    return vocab, firsts + seconds
+
+
+def _roberta_tokenizer(directory: str):
+    import json
+    import os
+
+    import transformers
+
+    vocab, merges = _byte_level_bpe()
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return transformers.RobertaTokenizer(vocab=vocab, merges=merges)
+    vocab_file = os.path.join(directory, "vocab.json")
+    merges_file = os.path.join(directory, "merges.txt")
+    with open(vocab_file, "w", encoding="utf-8") as fh:
+        json.dump(vocab, fh, ensure_ascii=False)
+    with open(merges_file, "w", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return transformers.RobertaTokenizerFast(vocab_file=vocab_file, merges_file=merges_file)
+
+
+def make_tiny_roberta(
+    directory,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    model_type: str = "roberta",
+):
+    """Save a tiny random RoBERTa (or ``model_type="xlm-roberta"``) encoder and a byte-level BPE fast
+    tokenizer (``<s>``/``</s>``/``<pad>``, one token per Chinese character of the synthetic corpus) in
+    ``directory``; returns the Path. Loads back with ``AutoModel``/``AutoTokenizer.from_pretrained``."""
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _roberta_tokenizer(str(directory))
+    tokenizer.save_pretrained(directory)
+    config_cls, model_cls = {
+        "roberta": (transformers.RobertaConfig, transformers.RobertaModel),
+        "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaModel),
+    }[model_type]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden_size * 2,
+        # RoBERTa numbers positions from pad_token_id + 1, so 256 tokens need 258 positions.
+        max_position_embeddings=258,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model_cls(config, add_pooling_layer=False).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory: pytest.TempPathFactory):
+    """Path of a tiny random RoBERTa (2 layers, hidden 32, byte-level BPE tokenizer), built once per session."""
+    return make_tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
 
 
 @pytest.fixture

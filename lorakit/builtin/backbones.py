@@ -12,7 +12,15 @@ def load_encoder(path_or_id: str, **kwargs: Any) -> Any:
     """The bare encoder (no task head)."""
     import transformers
 
-    return transformers.AutoModel.from_pretrained(path_or_id, **kwargs)
+    # transformers reports the pooler weights we leave out as "UNEXPECTED": expected here, so keep quiet
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        return transformers.AutoModel.from_pretrained(path_or_id, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
 
 
 def load_encoder_without_pooler(path_or_id: str, **kwargs: Any) -> Any:

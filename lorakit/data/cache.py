@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..errors import LorakitWarning
 from ..fsutil import dumps_json, read_json
 from .fingerprint import CACHE_FORMAT_VERSION, KEY_CHARS, file_sha256, fingerprint_key
 
@@ -36,7 +37,7 @@ TRASH_PREFIX = ".trash-"
 DEFAULT_ROOT = Path("data") / "processed"
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(LorakitWarning):
     """A cache entry failed its checks and is being rebuilt."""
 
 

@@ -13,6 +13,7 @@ from ..errors import LorakitError
 from ..fsutil import read_json, write_json_atomic
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
+from .targets import quiet_peft
 
 
 def save_artifacts(
@@ -22,7 +23,8 @@ def save_artifacts(
     from safetensors.torch import save_file
 
     tmp = layout.root / f".lora_adapter.tmp-{uuid.uuid4().hex[:8]}"
-    classifier.encoder.save_pretrained(str(tmp))
+    with quiet_peft():
+        classifier.encoder.save_pretrained(str(tmp))
     heads = {
         f"{key}.{name}": tensor.detach().cpu().contiguous()
         for key, head in classifier.heads.items()
@@ -58,7 +60,8 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
     meta = read_json(layout.heads_json)
     backbone = plugins.backbones().get(meta["backbone"])
     encoder = backbone.load_model(meta["arch"])
-    adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
+    with quiet_peft():
+        adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
     head_specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
     hidden = encoder.config.hidden_size
     heads = [

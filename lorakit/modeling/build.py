@@ -10,7 +10,7 @@ from ..config.schema import ExperimentConfig
 from ..errors import ConfigError, PluginError
 from ..plugins import Plugins
 from ..specs import BackboneSpec, TaskHeadSpec
-from .targets import detect_attention_modules
+from .targets import detect_attention_modules, quiet_peft
 
 
 @attrs.define(kw_only=True)
@@ -149,7 +149,8 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
 
     torch.manual_seed(seed)
     method = plugins.tuning_methods().get(plan.method)
-    adapted = method.apply(encoder, plan.target_modules, plan.method_options)
+    with quiet_peft():
+        adapted = method.apply(encoder, plan.target_modules, plan.method_options)
     hidden = encoder.config.hidden_size
     heads = [t.head_spec.build(hidden, t.num_labels, dict(t.head_options)) for t in plan.tasks]
     return MultiTaskClassifier(adapted, heads, [t.name for t in plan.tasks], plan.pooling)

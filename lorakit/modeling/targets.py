@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import PluginError
@@ -40,3 +43,11 @@ def detect_attention_modules(model: Any) -> list[str]:
     raise PluginError(
         f"found no attention projections among the model's Linear modules ({seen}); set model.lora.target_modules"
     )
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence a deprecation peft triggers inside transformers on every wrap (neither ours nor the user's to fix)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

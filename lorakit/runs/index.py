@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import LorakitError, did_you_mean
+from ..errors import LorakitError, LorakitWarning, did_you_mean
 from ..fsutil import dumps_json
 from .layout import INDEX_FILE, RunLayout, outputs_root
 
@@ -33,7 +33,7 @@ LOCK_TIMEOUT_S = 120.0
 TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 
 
-class IndexWarning(UserWarning):
+class IndexWarning(LorakitWarning):
     """The index was missing or corrupt and has been rebuilt, or a folder could not be read."""
 
 

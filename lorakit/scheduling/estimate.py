@@ -1,0 +1,266 @@
+"""Expected peak GPU memory of one training run, from a formula or from earlier runs' measurements.
+
+The formula, per GPU (MiB = 2**20 bytes):
+
+* **frozen weights**: every encoder parameter × 4 bytes. Accelerate's mixed precision (fp16/bf16) is
+  autocast: it computes in half precision but keeps the loaded weights in fp32, and the trainer loads
+  them in fp32. The parameters are counted from the model's Hugging Face config on PyTorch's ``meta``
+  device: no weights are read or allocated.
+* **LoRA + heads**: trainable parameters × 16 bytes: fp32 weights, gradients, and AdamW's two moments.
+* **activations**: batch × max_len × hidden × layers × the backbone's ``activation_factor`` bytes
+  (:class:`lorakit.specs.BackboneSpec`; 34 for BERT: the per-token, per-layer activations a transformer
+  layer keeps for its backward pass, in units of hidden size; the attention score matrices are folded
+  into the constant at typical max_len). Halved under fp16/bf16 autocast.
+* **CUDA context**: 500 MiB (:data:`CUDA_CONTEXT_MB`), what the driver and kernels take before the first
+  tensor; ``torch.cuda.max_memory_reserved`` does not count it, NVML does.
+
+Calibration: every run records ``peak_memory_mb`` (allocated) and ``peak_reserved_mb`` in its
+``env_info.json`` (and ``run.json``). When completed runs **on a GPU** exist for the same model, batch
+size, max_len and LoRA rank, the estimate is their largest reserved peak plus the CUDA context, and says
+so. CPU runs record the process's resident memory instead and are never used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..config.schema import ExperimentConfig
+from ..errors import ConfigError
+from ..plugins import Plugins
+
+MIB = 2**20
+CUDA_CONTEXT_MB = 500
+WEIGHT_BYTES = 4  # fp32 as loaded; autocast does not change stored weights
+TRAINABLE_BYTES = 16  # fp32 weight + grad + AdamW exp_avg + exp_avg_sq
+HALF_PRECISION_ACTIVATIONS = 0.5
+
+
+@attrs.define(kw_only=True, frozen=True)
+class Calibration:
+    """Measured peaks of earlier GPU runs with the same model, batch, max_len and rank."""
+
+    runs: tuple[str, ...]
+    max_reserved_mb: float
+
+    @property
+    def total_mb(self) -> int:
+        return math.ceil(self.max_reserved_mb + CUDA_CONTEXT_MB)
+
+
+@attrs.define(kw_only=True, frozen=True)
+class MemoryEstimate:
+    """Peak GPU memory of one run, per GPU, in MiB.
+
+    ``source`` is ``formula``, ``calibrated`` (measured on earlier runs) or ``config``
+    (``resources.memory_mb`` was set). ``parts`` is the formula's breakdown (absent for ``config``).
+    """
+
+    exp_id: str
+    total_mb: int
+    source: str
+    parts: dict[str, float] = attrs.field(factory=dict)
+    details: dict[str, str] = attrs.field(factory=dict)
+    params: int | None = None
+    trainable_params: int | None = None
+    formula_mb: int | None = None
+    calibration: Calibration | None = None
+
+    def summary(self) -> str:
+        """One line: the figure and where it comes from."""
+        if self.source == "config":
+            return f"{self.total_mb} MiB (resources.memory_mb, set in the config)"
+        if self.calibration is not None:
+            n = len(self.calibration.runs)
+            return (
+                f"{self.total_mb} MiB (calibrated from {n} run{'s' if n != 1 else ''}: max reserved "
+                f"{self.calibration.max_reserved_mb:.0f} MiB + CUDA context {CUDA_CONTEXT_MB} MiB; "
+                f"formula: {self.formula_mb} MiB)"
+            )
+        return f"{self.total_mb} MiB (formula; no GPU run of this model, batch, max_len and rank yet)"
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=True)
+        if self.calibration is not None:
+            data["calibration"]["runs"] = list(self.calibration.runs)
+        data["summary"] = self.summary()
+        return data
+
+
+def calibration_key(cfg: ExperimentConfig) -> tuple[str, int, int, int]:
+    """What makes two runs comparable for memory: model, batch size, max_len, LoRA rank."""
+    return (cfg.model.arch, cfg.train.batch_size, cfg.data.max_len, _rank(cfg))
+
+
+def _rank(cfg: ExperimentConfig) -> int:
+    table = getattr(cfg.model, cfg.model.method, None)
+    return int(getattr(table, "rank", cfg.model.lora.rank))
+
+
+def find_calibration(outputs: str | Path, key: tuple[str, int, int, int]) -> Calibration | None:
+    """Completed GPU runs under ``outputs`` matching ``key``, read from their run.json and env_info.json."""
+    root = Path(outputs)
+    runs: list[tuple[str, float]] = []
+    if not root.is_dir():
+        return None
+    for env_path in sorted(root.glob("*/env_info.json")):
+        try:
+            env = json.loads(env_path.read_text(encoding="utf-8"))
+            run = json.loads((env_path.parent / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not (isinstance(env, dict) and isinstance(run, dict)) or run.get("status") != "completed":
+            continue
+        if not str(env.get("device", "")).startswith("GPU"):
+            continue  # CPU runs record resident memory, not GPU memory
+        reserved = env.get("peak_reserved_mb", run.get("peak_reserved_mb"))
+        params = run.get("key_params") or {}
+        found = (
+            params.get("model"),
+            params.get("batch_size"),
+            params.get("max_len"),
+            params.get("lora_rank"),
+        )
+        if isinstance(reserved, (int, float)) and found == key:
+            runs.append((env_path.parent.name, float(reserved)))
+    if not runs:
+        return None
+    return Calibration(runs=tuple(name for name, _ in runs), max_reserved_mb=max(v for _, v in runs))
+
+
+def estimate_memory(
+    cfg: ExperimentConfig,
+    *,
+    plugins: Plugins,
+    outputs: str | Path | None = None,
+    use_config: bool = True,
+) -> MemoryEstimate:
+    """The expected peak GPU memory of ``cfg``'s run (per GPU).
+
+    ``resources.memory_mb`` wins when set (and ``use_config``); else a calibration from completed GPU
+    runs under ``outputs``; else the formula. The formula's parts are computed in every case but the first.
+    """
+    if use_config and cfg.resources.memory_mb is not None:
+        return MemoryEstimate(exp_id=cfg.exp_id, total_mb=cfg.resources.memory_mb, source="config")
+    formula = formula_estimate(cfg, plugins)
+    calibration = find_calibration(outputs, calibration_key(cfg)) if outputs is not None else None
+    if calibration is None:
+        return formula
+    return attrs.evolve(
+        formula,
+        total_mb=calibration.total_mb,
+        source="calibrated",
+        calibration=calibration,
+    )
+
+
+def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
+    """The formula of the module docstring, from the model's config alone."""
+    counts = count_parameters(cfg, plugins)
+    half = cfg.train.mixed_precision in ("fp16", "bf16")
+    factor = counts["activation_factor"] * (HALF_PRECISION_ACTIVATIONS if half else 1.0)
+    batch, max_len = cfg.train.batch_size, cfg.data.max_len
+    hidden, layers = counts["hidden"], counts["layers"]
+    parts = {
+        "frozen_weights": counts["params"] * WEIGHT_BYTES / MIB,
+        "trainable": counts["trainable"] * TRAINABLE_BYTES / MIB,
+        "activations": batch * max_len * hidden * layers * factor / MIB,
+        "cuda_context": float(CUDA_CONTEXT_MB),
+    }
+    precision = "fp32" if not half else f"fp32 weights, {cfg.train.mixed_precision} autocast"
+    details = {
+        "frozen_weights": f"{counts['params']:,} params × {WEIGHT_BYTES} bytes ({precision})",
+        "trainable": f"{counts['trainable']:,} LoRA + head params × {TRAINABLE_BYTES} bytes "
+        "(fp32 weights, grads, AdamW m and v)",
+        "activations": f"batch {batch} × max_len {max_len} × hidden {hidden} × {layers} layers × "
+        f"{factor:g} bytes ({counts['backbone']})",
+        "cuda_context": "constant (driver, kernels)",
+    }
+    total = math.ceil(sum(parts.values()))
+    return MemoryEstimate(
+        exp_id=cfg.exp_id,
+        total_mb=total,
+        source="formula",
+        parts=parts,
+        details=details,
+        params=counts["params"],
+        trainable_params=counts["trainable"],
+        formula_mb=total,
+    )
+
+
+def count_parameters(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Any]:
+    """Encoder and trainable parameter counts, hidden size, layers and the backbone's activation factor."""
+    import torch
+    import transformers
+
+    from ..modeling.targets import detect_attention_modules
+
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(cfg.model.arch)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
+    if cfg.model.backbone:
+        backbone = plugins.backbones().get(cfg.model.backbone)
+    else:
+        backbone = plugins.backbones().get(plugins.resolve_backbone(hf_config) or "auto")
+    # the meta device allocates nothing: shapes only, whatever the model's size
+    with torch.device("meta"):
+        encoder = transformers.AutoModel.from_config(hf_config)
+    params = sum(p.numel() for p in encoder.parameters())
+    method = cfg.model.method
+    options = getattr(cfg.model, method, None)
+    targets = (
+        getattr(options, "target_modules", None)
+        or (list(backbone.target_modules) if backbone.target_modules else None)
+        or detect_attention_modules(encoder)
+    )
+    adapter = 0
+    rank = _rank(cfg)
+    for name, module in encoder.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.rsplit(".", 1)[-1] not in targets:
+            continue
+        if method == "ia3":
+            adapter += module.out_features
+        else:  # lora, dora (dora adds a magnitude vector per output)
+            adapter += rank * (module.in_features + module.out_features)
+            adapter += module.out_features if method == "dora" else 0
+    hidden = int(hf_config.hidden_size)
+    heads = sum(_head_params(cfg, task, hidden) for task in cfg.task_columns)
+    return {
+        "params": params,
+        "trainable": adapter + heads,
+        "hidden": hidden,
+        "layers": int(getattr(hf_config, "num_hidden_layers", 12)),
+        "activation_factor": backbone.activation_factor,
+        "backbone": backbone.name,
+    }
+
+
+def _head_params(cfg: ExperimentConfig, task: str, hidden: int) -> int:
+    override = cfg.model.heads.get(task)
+    head = (override.type if override and override.type else None) or cfg.model.head
+    labels = _num_labels(cfg, task)
+    if head == "mlp":
+        width = (override.hidden_size if override else None) or cfg.model.head_hidden_size or hidden
+        return hidden * width + width + width * labels + labels
+    return hidden * labels + labels
+
+
+def _num_labels(cfg: ExperimentConfig, task: str) -> int:
+    labels = cfg.task_labels(task)
+    if labels:
+        return len(labels)
+    if cfg.data.global_label_map:
+        from ..data.labels import read_global_label_map
+
+        try:
+            return len(read_global_label_map(cfg.data.global_label_map))
+        except ConfigError:
+            pass
+    return 2

@@ -1,0 +1,121 @@
+"""Turning a queued job into a command line, and its log into the experiment folder.
+
+Each job is ``python -m lorakit train CONFIG --outputs OUT [--set ...] [--resume|--force]`` in its own
+process, which loads plugins through entry points like any ``lorakit`` command. A job of more than one
+GPU runs under ``torchrun`` (one rank per GPU). While a job runs, its stdout and stderr go to
+``<outputs>/.scheduler-logs/job-<id>.log``: the trainer refuses a fresh start in a non-empty folder that
+is not yet an experiment, so nothing may be written into ``<outputs>/<exp_id>/`` before it does. When an
+attempt ends, its log is appended to ``<outputs>/<exp_id>/scheduler.log`` (the trainer writes its own
+``train.log`` there).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .queue import Job
+
+LOG_DIR = ".scheduler-logs"
+FOLDER_LOG = "scheduler.log"
+
+
+def read_run(outputs: Path, exp_id: str) -> dict[str, Any] | None:
+    """``<outputs>/<exp_id>/run.json``, or None when missing or unreadable."""
+    try:
+        data = json.loads((outputs / exp_id / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def start_flags(job: Job, outputs: Path) -> list[str] | None:
+    """``--resume``/``--force`` for the job's next start, from its start mode and its folder now.
+
+    None means there is nothing to run: the folder already holds the completed experiment (a job that
+    finished just as it was stopped).
+    """
+    if job.start_mode == "force":
+        return ["--force"]
+    if job.start_mode == "new":
+        return []
+    folder = outputs / job.exp_id
+    run = read_run(outputs, job.exp_id)
+    if run is None:
+        # stopped before the trainer wrote run.json: whatever it left is not resumable
+        return ["--force"] if folder.is_dir() and any(folder.iterdir()) else []
+    if run.get("status") == "completed":
+        return None
+    return ["--resume"]
+
+
+def job_command(job: Job, outputs: Path, flags: list[str]) -> tuple[str, ...]:
+    """The job's command line (the scheduler's own Python, so the same environment and plugins)."""
+    train = ["train", job.config_path, "--outputs", str(outputs)]
+    for override in job.all_overrides:
+        train += ["--set", override]
+    train += flags
+    if job.gpus > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={job.gpus}",
+            "-m",
+            "lorakit",
+        ]
+        return (*launcher, *train)
+    return (sys.executable, "-m", "lorakit", *train)
+
+
+def job_env(devices: tuple[int, ...], job: Job) -> dict[str, str]:
+    """What a job's process gets on top of the scheduler's environment."""
+    return {
+        # CPU jobs see no GPU at all; GPU jobs see theirs, numbered as NVML numbers them (PCI order)
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in devices),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "LORAKIT_NO_PROGRESS": "1",  # a log file is no place for progress bars
+        "LORAKIT_JOB_ID": str(job.id),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def side_log(outputs: Path, job: Job) -> Path:
+    """Where a job's output goes while it runs."""
+    path = outputs / LOG_DIR / f"job-{job.id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def move_log_to_folder(outputs: Path, job: Job, log: Path) -> Path:
+    """Append ``log`` to the experiment's scheduler.log (when the folder is an experiment) and remove it.
+
+    Returns where the job's log now is.
+    """
+    folder = outputs / job.exp_id
+    if not log.is_file() or not (folder / "run.json").is_file():
+        return log
+    target = folder / FOLDER_LOG
+    with open(target, "ab") as out, open(log, "rb") as src:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+    log.unlink()
+    return target
+
+
+def log_tail(path: str | Path | None, lines: int = 40) -> list[str]:
+    """The last lines of a log (for error messages)."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]

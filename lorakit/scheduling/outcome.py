@@ -1,0 +1,122 @@
+"""What a job's exit means: done, preempted, cancelled, an OOM worth one retry, or a failure.
+
+The trainer exits 0 when it completed, 75 (``PREEMPTED_EXIT``) after checkpointing on SIGUSR1/SIGTERM,
+130 after checkpointing on SIGINT, 2 on a user error and 1 on a crash; its run.json says what happened.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..fsutil import write_json_atomic
+from .launch import log_tail, read_run
+from .queue import Job
+
+PREEMPTED_EXIT = 75  # lorakit.training.loop.PREEMPTED_EXIT (not imported: that module imports torch)
+INTERRUPTED_EXIT = 130
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+MAX_OOM_RETRIES = 1
+_ERROR_LINE = re.compile(r"^(Error: |\w*(Error|Exception)\b)")
+
+
+@attrs.define(kw_only=True, frozen=True)
+class Outcome:
+    """The queue state a finished attempt leads to, and why."""
+
+    state: str
+    note: str | None = None
+    start_mode: str | None = None
+    extra_overrides: tuple[str, ...] | None = None
+    run_note: bool = False
+
+
+def is_oom(run: dict[str, Any] | None, log_lines: list[str]) -> bool:
+    """CUDA out of memory, by run.json's error or by the job's log."""
+    error = str((run or {}).get("error") or "")
+    return any(marker in error for marker in OOM_MARKERS) or any(
+        marker in line for line in log_lines for marker in OOM_MARKERS
+    )
+
+
+def failure_reason(run: dict[str, Any] | None, log_lines: list[str]) -> str:
+    """One line: run.json's error when the run got that far, else the last error line of the log."""
+    if run and run.get("status") == "failed" and run.get("error"):
+        return _shorten(str(run["error"]))
+    for line in reversed(log_lines):
+        if _ERROR_LINE.match(line.strip()):
+            return _shorten(line.strip())
+    last = next((line.strip() for line in reversed(log_lines) if line.strip()), "")
+    return _shorten(last) if last else "no output"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def oom_retry(job: Job) -> tuple[tuple[str, ...], str] | None:
+    """Half the micro-batch, twice the accumulation (the same effective batch), from the job's config;
+    None when the batch cannot shrink."""
+    from ..config.schema import load_config
+
+    try:
+        cfg, _ = load_config(job.config_path, job.all_overrides)
+    except Exception:  # the config no longer loads: the retry would fail the same way
+        return None
+    batch, accum = cfg.train.batch_size, cfg.train.grad_accum
+    if batch <= 1:
+        return None
+    half = math.ceil(batch / 2)
+    overrides = (*job.extra_overrides, f"train.batch_size={half}", f"train.grad_accum={accum * 2}")
+    note = (
+        f"CUDA out of memory with train.batch_size={batch}, train.grad_accum={accum}: retried with "
+        f"train.batch_size={half}, train.grad_accum={accum * 2} (same effective batch), fresh start"
+    )
+    return overrides, note
+
+
+def classify(job: Job, code: int, *, outputs: Path, stop_reason: str | None, log_path: str | None) -> Outcome:
+    """The outcome of one attempt that exited with ``code`` (negative: killed by that signal)."""
+    run = read_run(outputs, job.exp_id)
+    if code == 0:
+        return Outcome(state="done")
+    if job.cancel_requested:
+        kept = " (checkpoint kept: resume with lorakit train --resume)" if code == PREEMPTED_EXIT else ""
+        return Outcome(state="cancelled", note=f"cancelled{kept}")
+    stopped = code in (PREEMPTED_EXIT, INTERRUPTED_EXIT) or (
+        stop_reason is not None and (code < 0 or (run or {}).get("status") == "preempted")
+    )
+    if stopped:
+        return Outcome(state="preempted", note=stop_reason or f"stopped (exit {code})", start_mode="resume")
+    lines = log_tail(log_path)
+    if is_oom(run, lines) and job.oom_retries < MAX_OOM_RETRIES:
+        retry = oom_retry(job)
+        if retry is not None:
+            overrides, note = retry
+            return Outcome(
+                state="queued", note=note, start_mode="force", extra_overrides=overrides, run_note=True
+            )
+    return Outcome(state="failed", note=f"exit {code}: {failure_reason(run, lines)}")
+
+
+def record_run_notes(outputs: Path, job: Job) -> None:
+    """Put the job's run notes (the OOM retry) into its run.json ``notes`` and refresh the index entry."""
+    if not job.run_notes:
+        return
+    run = read_run(outputs, job.exp_id)
+    if run is None:
+        return
+    notes = list(run.get("notes") or [])
+    missing = [note for note in job.run_notes if note not in notes]
+    if not missing:
+        return
+    run["notes"] = notes + missing
+    write_json_atomic(outputs / job.exp_id / "run.json", run)
+    from ..runs.index import ExperimentIndex
+
+    ExperimentIndex(outputs).sync(job.exp_id)
