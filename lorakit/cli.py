@@ -75,7 +75,7 @@ def _show_warning(
     if issubclass(category, LorakitWarning):
         click.echo(f"Warning: {message}", err=True)
     else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        _default_showwarning(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
 
 _default_showwarning = warnings.showwarning

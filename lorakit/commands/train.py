@@ -99,6 +99,8 @@ def predict(
         return
     from ..predicting import predict_file
 
+    assert input_path is not None  # checked above: exactly one of --text / --input
+
     written = predict_file(predictor, input_path, output_path, batch_size=batch_size)
     if output_path:
         click.echo(f"{written} rows → {output_path}", err=True)

@@ -203,7 +203,7 @@ def _strict(expected: type | tuple[type, ...], name: str) -> Any:
             raise TypeError(f"expected {name}, got {value!r}")
         if not isinstance(value, expected):
             raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
-        return float(value) if name == "a number" else value
+        return float(value) if name == "a number" else value  # type: ignore[arg-type]
 
     return hook
 
@@ -385,14 +385,21 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         "model.lora.rank": cfg.model.lora.rank,
         "resources.gpus": cfg.resources.gpus,
     }
+    optional_positive = {
+        "train.early_stopping_patience": cfg.train.early_stopping_patience,
+        "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
+        "data.max_rows": cfg.data.max_rows,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+    }
+    positive.update({k: v for k, v in optional_positive.items() if v is not None})
     for key, value in positive.items():
         if value <= 0:
             problems.append((key, f"must be positive, got {value}"))
     if cfg.train.lr <= 0:
         problems.append(("train.lr", f"must be positive, got {cfg.train.lr}"))
-    for key, value in {"data.val_ratio": cfg.data.val_ratio, "data.test_ratio": cfg.data.test_ratio}.items():
-        if not 0 <= value < 1:
-            problems.append((key, f"must be in [0, 1), got {value}"))
+    for key, ratio in {"data.val_ratio": cfg.data.val_ratio, "data.test_ratio": cfg.data.test_ratio}.items():
+        if not 0 <= ratio < 1:
+            problems.append((key, f"must be in [0, 1), got {ratio}"))
     if not 0 <= cfg.train.warmup_ratio < 1:
         problems.append(("train.warmup_ratio", f"must be in [0, 1), got {cfg.train.warmup_ratio}"))
     if cfg.data.val_data_path is None and cfg.data.val_ratio <= 0:

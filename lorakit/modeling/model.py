@@ -59,7 +59,8 @@ class TaskLossCombiner(nn.Module):
         if self.log_vars is not None:
             total = (torch.exp(-self.log_vars) * per_task + 0.5 * self.log_vars).sum()
         else:
-            total = (self.weights * per_task).sum()
+            weights: torch.Tensor = self.weights  # type: ignore[assignment]  # a registered buffer
+            total = (weights * per_task).sum()
         return total, per_task.detach()
 
 

@@ -26,7 +26,7 @@ def rng_state() -> dict[str, Any]:
 def _rng_state() -> dict[str, Any]:
     import torch
 
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

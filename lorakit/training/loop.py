@@ -322,7 +322,7 @@ class TrainingLoop:
                             self.scheduler.get_last_lr()[0],
                         )
                     every = cfg.train.checkpoint_every_steps
-                    at_interval = bool(every) and self.state.global_step % every == 0 and b + 1 < len(batches)
+                    at_interval = every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
                     stop = self.stop_requested(signals)
                     if at_interval or stop:
                         self._bank(running)
@@ -415,4 +415,4 @@ class TrainingLoop:
 
     def _should_stop_early(self) -> bool:
         patience = self.cfg.train.early_stopping_patience
-        return bool(patience) and self.state.epochs_without_best >= patience
+        return patience is not None and self.state.epochs_without_best >= patience
