@@ -270,3 +270,21 @@ def test_uncertainty_weights_and_dict_weights_train(project):
         config = project(f"w_{name}", tasks=2, epochs=1)
         result = Experiment(config, [f"train.loss_weight={weight}"], outputs=outputs(project)).run(echo=False)
         assert result.status == "completed"
+
+
+def test_early_stopping(project):
+    # a learning rate this small changes nothing: no epoch after the first is better
+    config = project("early", tasks=1, epochs=5, lr=1e-12, early_stopping_patience=1)
+    result = Experiment(config, outputs=outputs(project)).run(echo=False)
+    assert [k for k in result.metrics if k.startswith("epoch_")] == ["epoch_1", "epoch_2"]
+    assert result.best["epoch"] == 1
+
+
+def test_non_finite_loss_stops_with_the_step(project, cli):
+    config = project("nan", tasks=1, epochs=2, lr=1e30, max_grad_norm=1e30)
+    result = cli("train", str(config), "--outputs", str(outputs(project)), "--set", "train.warmup_ratio=0.0")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert "loss became NaN or infinite at step" in line
+    run = json.loads((outputs(project) / "nan" / "run.json").read_text(encoding="utf-8"))
+    assert run["status"] == "failed" and "step" in run["error"]
