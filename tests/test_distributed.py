@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lorakit import Experiment
 
-from .test_train import _popen_train, _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
+from test_train import _popen_train, _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
 
 LEARN = {"epochs": 4, "lr": 5e-2}
 

@@ -16,16 +16,13 @@ File shape::
 from __future__ import annotations
 
 import json
-import os
-import stat
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import LorakitError, LorakitWarning, did_you_mean
-from ..fsutil import dumps_json
+from ..fsutil import dumps_json, write_bytes_atomic
 from .layout import INDEX_FILE, RunLayout, outputs_root
 
 ACTIVE_FILE = ".lorakit_active.json"
@@ -143,42 +140,6 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
         "headline": headline,
         "epochs_done": sum(1 for key in metrics if key.startswith("epoch_")),
     }
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def write_shared(path: str | Path, data: bytes) -> None:
-    """Atomic write (temp file, fsync, rename), keeping the permissions a plain write would give.
-
-    ``fsutil.write_bytes_atomic`` leaves files 0600 (``mkstemp``), which would hide the index and restored
-    configs from the rest of a team sharing an outputs folder: keep the old file's mode, else 0666 & ~umask.
-    """
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dumps_index(data: dict[str, Any]) -> str:
@@ -318,7 +279,7 @@ class ExperimentIndex:
         return data
 
     def _write_locked(self, data: dict[str, Any]) -> None:
-        write_shared(self.path, _dumps_index(data).encode("utf-8"))
+        write_bytes_atomic(self.path, _dumps_index(data).encode("utf-8"))
 
     def _scan(self) -> dict[str, dict[str, Any]]:
         experiments: dict[str, dict[str, Any]] = {}
@@ -403,7 +364,7 @@ class ExperimentIndex:
             data["active"]["exp_id"] = exp_id
             data["active"]["history"].append(record)
             # The sidecar first: if we die between the two writes, a rebuild still knows the pointer.
-            write_shared(self.active_path, dumps_json(data["active"]).encode("utf-8"))
+            write_bytes_atomic(self.active_path, dumps_json(data["active"]).encode("utf-8"))
             self._write_locked(data)
         return record
 

@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 
 from ..errors import LorakitError
-from .index import ExperimentIndex, entry_from_folder, write_shared
+from ..fsutil import write_bytes_atomic
+from .index import ExperimentIndex, entry_from_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +113,7 @@ def restore_config(exp_id: str, folder: Path, configs_dir: Path, stamp: str) -> 
         f"# Restored by `lorakit rollback` from {copy} ({stamp}).\n# Run: lorakit train {target.as_posix()}\n"
     ).encode()
     if not target.exists():
-        write_shared(target, header + copy_bytes)
+        write_bytes_atomic(target, header + copy_bytes)
         return target, "created", None
     if _same_config(target, copy, copy_bytes):
         return target, "unchanged", None
@@ -122,7 +123,7 @@ def restore_config(exp_id: str, folder: Path, configs_dir: Path, stamp: str) -> 
         backup = target.with_name(f"{target.name}.bak-{stamp}-{n}")
         n += 1
     shutil.copy2(target, backup)  # copy, not move: a failed write below leaves the user's file in place
-    write_shared(target, header + copy_bytes)
+    write_bytes_atomic(target, header + copy_bytes)
     return target, "restored", backup
 
 
