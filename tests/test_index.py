@@ -316,7 +316,7 @@ def test_unwritable_outputs_still_lists_from_the_folders(tmp_path: Path, monkeyp
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(index_module, "write_shared", refuse)
+    monkeypatch.setattr(index_module, "write_bytes_atomic", refuse)
     with pytest.warns(IndexWarning, match="cannot be rewritten"):
         assert set(ExperimentIndex(tmp_path).entries()) == {"a"}
 
