@@ -2,7 +2,7 @@
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "plugins", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"  # the CPU build; a bare torch requirement pulls a multi-GB CUDA build
@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Lint and check formatting with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "lorakit", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", "lorakit", "tests", "bench", "plugins", "scripts", "noxfile.py")
 
 
 @nox.session
@@ -29,6 +29,30 @@ def typecheck(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".", "mypy")
     session.run("mypy", "lorakit")
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """Install each plugins/* package (as a user would, not editable) and run its own tests."""
+    from pathlib import Path
+
+    session.install(TORCH)
+    session.install("-e", ".")
+    for package in sorted(p.parent for p in Path("plugins").glob("*/pyproject.toml")):
+        # One at a time, uninstalled afterwards: each package's tests see the core and only itself.
+        session.install(f"./{package.as_posix()}[test]")
+        with session.chdir(package):
+            session.run("pytest", *session.posargs)
+        session.run("pip", "uninstall", "--yes", package.name)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check the generated reference pages are current, then build the site (warnings are errors)."""
+    session.install(TORCH)  # `.[docs]` depends on torch: without this pip would pull a CUDA build
+    session.install("-e", ".[docs]")
+    session.run("python", "-m", "lorakit._docs", "--check")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session(default=False)

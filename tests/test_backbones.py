@@ -6,13 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_train import outputs, project  # noqa: F401  (fixture)
 
 from lorakit import Experiment
 from lorakit.errors import PluginError
 from lorakit.modeling.targets import detect_attention_modules
 from lorakit.plugins import get_plugins
-
-from test_train import outputs, project  # noqa: F401  (fixture)
 
 
 def save_tiny(config, tiny_bert: Path, directory: Path) -> Path:

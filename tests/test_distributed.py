@@ -6,9 +6,9 @@ import json
 import signal
 from pathlib import Path
 
-from lorakit import Experiment
-
 from test_train import _popen_train, _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
+
+from lorakit import Experiment
 
 LEARN = {"epochs": 4, "lr": 5e-2}
 

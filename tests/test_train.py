@@ -254,7 +254,7 @@ def test_bad_config_leaves_no_folder(project, cli):
     config = project("bad", tasks=2)
     result = cli("train", str(config), "--outputs", str(outputs(project)), "--set", "model.head=nope")
     assert result.returncode == 2
-    assert "unknown task head 'nope'" in result.stderr
+    assert "Error: model.head: unknown task head 'nope'" in result.stderr
     assert not (outputs(project) / "bad").exists()
 
 

@@ -81,12 +81,20 @@ def method_options(cfg: ExperimentConfig) -> dict[str, Any]:
     return attrs.asdict(table) if table is not None else {}
 
 
+def _lookup(registry: Any, name: str, key: str) -> Any:
+    """A registry lookup whose error names the config key that asked for it."""
+    try:
+        return registry.get(name)
+    except PluginError as exc:
+        raise PluginError(f"{key}: {exc}") from None
+
+
 def plan_model(
     cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plugins, encoder: Any
 ) -> ModelPlan:
     """Decide backbone, targets, heads and losses; plugin names are checked here, before any folder exists."""
     backbone = resolve_backbone(cfg, plugins)
-    plugins.tuning_methods().get(cfg.model.method)
+    _lookup(plugins.tuning_methods(), cfg.model.method, "model.method")
     options = method_options(cfg)
     targets = options.get("target_modules") or (
         list(backbone.target_modules) if backbone.target_modules else detect_attention_modules(encoder)
@@ -94,14 +102,16 @@ def plan_model(
     tasks = []
     for task in cfg.task_columns:
         override = cfg.model.heads.get(task)
+        head_key = f"model.heads.{task}.type" if override and override.type else "model.head"
         head_name = (override.type if override and override.type else None) or cfg.model.head
-        head_spec = plugins.task_heads().get(head_name)
+        head_spec = _lookup(plugins.task_heads(), head_name, head_key)
         loss = (
             (override.loss if override and override.loss else None)
             or head_spec.default_loss
             or cfg.train.loss
         )
-        plugins.losses().get(loss)
+        loss_key = f"model.heads.{task}.loss" if override and override.loss else "train.loss"
+        _lookup(plugins.losses(), loss, loss_key)
         head_options = {
             "dropout": override.dropout
             if override and override.dropout is not None
