@@ -278,6 +278,7 @@ def run_parallel(
     """Queue every config matching --configs and run them all; exit 1 if any failed."""
     import uuid
 
+    from ..plugins import get_plugins
     from ..runs.layout import outputs_root
     from ..scheduling.display import job_row, render_table
     from ..scheduling.inventory import parse_gpu_pool
@@ -288,6 +289,7 @@ def run_parallel(
 
     root = outputs_root(outputs)
     pool = parse_gpu_pool(gpu_pool)
+    get_plugins().executors().get(executor)  # an unknown executor fails before anything is queued
     if scheduler_running(root):
         raise SchedulerRunning(
             f"a scheduler is already running for {root} (pid {holder_pid(root)}); "

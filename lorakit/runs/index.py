@@ -139,6 +139,12 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
         "tasks": tasks,
         "headline": headline,
         "epochs_done": sum(1 for key in metrics if key.startswith("epoch_")),
+        # measured peaks: the scheduler's memory estimates calibrate from these
+        "peak_memory_mb": run.get("peak_memory_mb", env.get("peak_memory_mb")),
+        "peak_reserved_mb": run.get("peak_reserved_mb", env.get("peak_reserved_mb")),
+        "world_size": run.get("world_size", 1),
+        "notes": list(run.get("notes") or []),
+        "error": run.get("error"),
     }
 
 

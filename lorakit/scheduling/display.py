@@ -29,8 +29,8 @@ def folder_progress(outputs: Path, exp_id: str) -> tuple[int, str | None, float 
     if not isinstance(metrics, dict):
         return 0, headline, None
     epochs = sum(1 for key in metrics if key.startswith("epoch_"))
-    best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
-    value = best.get(headline)
+    best = metrics.get("best")
+    value = best.get(headline) if isinstance(best, dict) else None
     return epochs, headline, float(value) if isinstance(value, (int, float)) else None
 
 
@@ -84,6 +84,7 @@ class Board:
         self.live = self.stream.isatty() if live is None else live
         self._drawn = 0
         self._last = 0.0
+        self._table = ""
 
     def _erase(self) -> None:
         if self._drawn:
@@ -104,6 +105,9 @@ class Board:
             return
         self._last = time.monotonic()
         table = render_table(rows(), note_width=40)
+        if self._drawn and table == self._table:
+            return  # unchanged: no flicker
+        self._table = table
         self._erase()
         self.stream.write(table + "\n")
         self.stream.flush()

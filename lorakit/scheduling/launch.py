@@ -2,7 +2,7 @@
 
 Each job is ``python -m lorakit train CONFIG --outputs OUT [--set ...] [--resume|--force]`` in its own
 process, which loads plugins through entry points like any ``lorakit`` command. A job of more than one
-GPU runs under ``torchrun`` (one rank per GPU). While a job runs, its stdout and stderr go to
+GPU runs ``lorakit train --nproc N`` (torchrun, one rank per GPU). While a job runs, its stdout and stderr go to
 ``<outputs>/.scheduler-logs/job-<id>.log``: the trainer refuses a fresh start in a non-empty folder that
 is not yet an experiment, so nothing may be written into ``<outputs>/<exp_id>/`` before it does. When an
 attempt ends, its log is appended to ``<outputs>/<exp_id>/scheduler.log`` (the trainer writes its own
@@ -58,16 +58,9 @@ def job_command(job: Job, outputs: Path, flags: list[str]) -> tuple[str, ...]:
         train += ["--set", override]
     train += flags
     if job.gpus > 1:
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={job.gpus}",
-            "-m",
-            "lorakit",
-        ]
-        return (*launcher, *train)
+        # `lorakit train --nproc N` runs torchrun itself, forwards stop signals to the ranks and
+        # maps their ending to lorakit's exit codes (75 preempted), like a one-process job
+        train += ["--nproc", str(job.gpus)]
     return (sys.executable, "-m", "lorakit", *train)
 
 

@@ -147,9 +147,6 @@ class Job:
         """The latest note (what the queue table shows)."""
         return self.notes[-1] if self.notes else ""
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v)
-
 
 def _job(row: sqlite3.Row) -> Job:
     data = dict(row)
@@ -306,6 +303,8 @@ class JobQueue:
     def cancel(self, job_id: int) -> Job:
         """Queued or preempted: cancelled at once. Running: flagged; the scheduler sends SIGTERM, the run
         checkpoints, and the job ends ``cancelled``. Finished jobs cannot be cancelled."""
+        if not self.path.exists():
+            raise QueueError(f"no job {job_id}: {self.path} does not exist")
         with self._write() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:

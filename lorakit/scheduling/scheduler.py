@@ -29,14 +29,14 @@ from ..plugins import Plugins, get_plugins
 from .display import Board, job_row
 from .executor import Executor, JobHandle, LaunchSpec, create_executor
 from .inventory import detect_gpus, pool_states
-from .launch import job_command, job_env, move_log_to_folder, read_run, side_log, start_flags
+from .launch import job_command, job_env, move_log_to_folder, side_log, start_flags
 from .lock import SchedulerLock
 from .outcome import classify, record_run_notes
 from .placement import RunningJob, place, plan_preemption, plan_slot_preemption, reservation_mb
 from .queue import ACTIVE_STATES, PENDING_STATES, Job, JobQueue, QueueError
+from .recover import preempt_signal, recover_orphans
 
 INTERRUPTED_EXIT = 130
-RECOVER_WAIT_S = 120.0
 
 
 @attrs.define(kw_only=True)
@@ -60,11 +60,6 @@ class Active:
             started_at=self.started_at,
             yielding=self.stop_reason is not None,
         )
-
-
-def preempt_signal(job: Job) -> int:
-    # the trainer checkpoints on SIGUSR1 and on SIGTERM; torchrun forwards only SIGTERM to its ranks
-    return signal.SIGTERM if job.gpus > 1 else signal.SIGUSR1
 
 
 class Scheduler:
@@ -97,6 +92,7 @@ class Scheduler:
         self.seen: set[int] = set()
         self.interrupts = 0
         self.cpu_mode = True
+        self._inventory_problem: str | None = None
         self._executor: Executor | None = None
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -110,7 +106,7 @@ class Scheduler:
             self.plugins = self.plugins or get_plugins()
             self._executor = create_executor(self.executor_name, self.plugins, **self.executor_options)
             self._announce()
-            self._recover()
+            self.seen.update(recover_orphans(self.queue, self.outputs, self.board.event))
             while True:
                 self._reap()
                 if self.interrupts:
@@ -134,7 +130,7 @@ class Scheduler:
         def interrupted(signum: int, frame: Any) -> None:
             self.interrupts += 1
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, interrupted)
         return previous
@@ -195,7 +191,14 @@ class Scheduler:
 
     def _schedule_gpus(self, pending: list[Job]) -> None:
         assert self.plugins is not None
-        gpus = pool_states(detect_gpus(self.plugins), self.gpu_pool)
+        try:
+            gpus = pool_states(detect_gpus(self.plugins), self.gpu_pool)
+        except LorakitError as exc:  # a GPU of the pool vanished: keep the running jobs, place nothing
+            if str(exc) != self._inventory_problem:
+                self._inventory_problem = str(exc)
+                self.board.event(f"cannot place jobs: {exc}")
+            return
+        self._inventory_problem = None
         totals = sorted((g.total_mb for g in gpus), reverse=True)
         for job in pending:
             estimate = self._estimate(job)
@@ -392,36 +395,3 @@ class Scheduler:
         self.board.refresh(self.rows, every_s=0)
         self.board.event("scheduler stopped; `lorakit scheduler` resumes the preempted jobs")
         return INTERRUPTED_EXIT
-
-    def _recover(self) -> None:
-        """Jobs left ``running`` by a scheduler that died: ask them to checkpoint, then requeue them."""
-        for job in self.queue.jobs(["running"]):
-            if job.pid and _is_training_process(job.pid):
-                os.kill(job.pid, signal.SIGUSR1)
-                deadline = time.monotonic() + RECOVER_WAIT_S
-                while _is_training_process(job.pid) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            status = (read_run(self.outputs, job.exp_id) or {}).get("status")
-            state = {"completed": "done", "failed": "failed"}.get(status or "", "preempted")
-            if job.cancel_requested and state == "preempted":
-                state = "cancelled"
-            self.queue.update(job.id, state=state, start_mode="resume", pid=None, ended_at=time.time())
-            self.queue.add_note(job.id, f"found {job.state} after its scheduler stopped: {state}")
-            self.seen.add(job.id)
-            self.board.event(f"job {job.id} {job.exp_id}: left running by a stopped scheduler: {state}")
-
-
-def _is_training_process(pid: int) -> bool:
-    """True while ``pid`` is alive and (where /proc tells) a lorakit process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # someone else's process: the pid was reused
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return b"lorakit" in cmdline and state != "Z"  # a zombie has exited already
