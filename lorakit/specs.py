@@ -118,6 +118,9 @@ class ExecutorSpec:
     name: str
     create: Callable[..., Any]
     extra: str | None = None
+    #: the executor places jobs on resources of its own (a cluster): the scheduler only orders them,
+    #: keeps at most ``capacity()`` (or ``--max-parallel``) outstanding, and preempts by priority
+    places_jobs: bool = False
     description: str = ""
 
 

@@ -37,7 +37,13 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--executor",
         default="local",
         show_default=True,
-        help="Executor plugin that runs the jobs (lorakit plugins lists them).",
+        help="Executor plugin that runs the jobs: local, ray, ... (lorakit plugins lists them).",
+    )(func)
+    func = click.option(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="With --executor ray: the cluster to join (default: start a local Ray instance).",
     )(func)
     func = click.option(
         "--max-parallel",
@@ -51,6 +57,14 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="GPU indices jobs may use (default: every GPU found; 'cpu': none).",
     )(func)
+
+
+def _executor_options(executor: str, ray_address: str | None) -> dict[str, Any]:
+    if ray_address and executor != "ray":
+        from ..errors import LorakitError
+
+        raise LorakitError("--ray-address needs --executor ray")
+    return {"address": ray_address} if ray_address else {}
 
 
 @click.command()
@@ -237,6 +251,7 @@ def scheduler(
     gpu_pool: str | None,
     max_parallel: int | None,
     executor: str,
+    ray_address: str | None,
     poll_interval: float,
     outputs: str | None,
 ) -> None:
@@ -248,6 +263,7 @@ def scheduler(
     code = Scheduler(
         outputs_root(outputs),
         executor=executor,
+        executor_options=_executor_options(executor, ray_address),
         gpu_pool=parse_gpu_pool(gpu_pool),
         max_parallel=max_parallel,
         exit_when_done=exit_when_done,
@@ -272,6 +288,7 @@ def run_parallel(
     gpu_pool: str | None,
     max_parallel: int | None,
     executor: str,
+    ray_address: str | None,
     poll_interval: float,
     outputs: str | None,
 ) -> None:
@@ -315,6 +332,7 @@ def run_parallel(
     code = Scheduler(
         root,
         executor=executor,
+        executor_options=_executor_options(executor, ray_address),
         gpu_pool=pool,
         max_parallel=max_parallel,
         exit_when_done=True,

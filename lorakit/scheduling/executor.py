@@ -40,6 +40,7 @@ class LaunchSpec:
     log_path: str
     devices: tuple[int, ...] = ()
     memory_mb: int | None = None
+    gpus: int = 1  # what the job asks for (resources.gpus); executors that place jobs themselves use it
 
 
 class JobHandle(Protocol):

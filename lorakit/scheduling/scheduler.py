@@ -92,6 +92,7 @@ class Scheduler:
         self.seen: set[int] = set()
         self.interrupts = 0
         self.cpu_mode = True
+        self.slot_cap = 1
         self._inventory_problem: str | None = None
         self._executor: Executor | None = None
 
@@ -145,9 +146,16 @@ class Scheduler:
         gpus = [] if self.gpu_pool == () else detect_gpus(self.plugins)
         states = pool_states(gpus, self.gpu_pool) if gpus or self.gpu_pool else []
         self.cpu_mode = not states
-        if self.cpu_mode:
-            cap = self.max_parallel or 1
-            where = f"no GPU in the pool: CPU jobs, {cap} at a time"
+        spec = self.plugins.executors().get(self.executor_name)
+        if spec.places_jobs:
+            # the executor's cluster decides where jobs run: keep as many outstanding as it can hold
+            self.cpu_mode = True
+            capacity = getattr(self._executor, "capacity", lambda: None)()
+            self.slot_cap = self.max_parallel or capacity or 1
+            where = f"executor {spec.name} places the jobs: {self.slot_cap} at a time"
+        elif self.cpu_mode:
+            self.slot_cap = self.max_parallel or 1
+            where = f"no GPU in the pool: CPU jobs, {self.slot_cap} at a time"
         else:
             names = {d.index: d.name for d in gpus}
             where = "GPUs " + ", ".join(f"{s.index} ({names[s.index]}, {s.total_mb} MiB)" for s in states)
@@ -179,7 +187,7 @@ class Scheduler:
         return [active.view() for active in self.active.values()]
 
     def _schedule_cpu(self, pending: list[Job]) -> None:
-        cap = self.max_parallel or 1
+        cap = self.slot_cap
         for job in pending:
             if len(self.active) < cap:
                 self._start(job, (), 0)
@@ -293,6 +301,7 @@ class Scheduler:
             log_path=str(log),
             devices=devices,
             memory_mb=need or None,
+            gpus=job.gpus,
         )
         assert self._executor is not None
         try:

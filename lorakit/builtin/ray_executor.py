@@ -1,0 +1,167 @@
+"""Executor ``ray``: each job runs on a Ray cluster, in an actor that holds the resources the job needs.
+
+``lorakit run-parallel --executor ray [--ray-address ADDRESS]``. Ray decides where a job runs: the actor asks
+for one CPU and the job's GPUs (``resources.gpus`` when the cluster has GPUs), so Ray queues jobs until a node
+has room and sets ``CUDA_VISIBLE_DEVICES`` for the GPUs it grants. The scheduler still decides the *order*
+(priority, FIFO within a level) and preempts through the actor, which delivers the signal to the job's
+process. Every node must see the same outputs folder and the same Python environment (a shared filesystem,
+as usual for Ray jobs that write files).
+
+Ray is optional: ``pip install 'lorakit[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import subprocess
+import time
+from typing import Any
+
+from ..errors import PluginError
+from ..hookspecs import hookimpl
+from ..specs import ExecutorSpec
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise PluginError("the ray executor needs Ray: pip install 'lorakit[ray]'") from None
+    return ray
+
+
+class _JobProcess:
+    """Runs inside a Ray actor: starts the job's command on that node and answers for it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None, log_path: str):
+        env = dict(env)
+        # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it granted this actor; the scheduler's value is local
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        log = open(log_path, "ab")  # noqa: SIM115 - owned by the process below
+        self.process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+
+class RayHandle:
+    """A job submitted to Ray. Until Ray places its actor the job is pending: poll() says it is running."""
+
+    def __init__(self, ray: Any, actor: Any, ready: Any):
+        self._ray = ray
+        self._actor = actor
+        self._ready = ready  # resolves when the actor (and so the job's process) has started
+        self._code: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None  # the process may live on another node
+
+    def _started(self) -> bool:
+        done, _ = self._ray.wait([self._ready], timeout=0)
+        return bool(done)
+
+    def poll(self) -> int | None:
+        if self._code is not None:
+            return self._code
+        if not self._started():
+            return None
+        try:
+            code = self._ray.get(self._actor.poll.remote())
+        except Exception:  # the actor died with its node: report it like a killed process
+            code = -signals.SIGKILL
+        if code is not None:
+            self._code = code
+            self._ray.kill(self._actor)
+        return code
+
+    def signal(self, signum: int) -> None:
+        if self._code is not None:
+            return
+        if not self._started():
+            # never started: nothing to checkpoint. SIGUSR1/SIGTERM mean "yield", as a preempted job would.
+            self._ray.kill(self._actor)
+            self._code = -signals.SIGKILL if signum == signals.SIGKILL else 75
+            return
+        self._ray.get(self._actor.signal.remote(signum))
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = self.poll()
+            if code is not None or (deadline is not None and time.monotonic() >= deadline):
+                return code
+            time.sleep(0.2)
+
+
+class RayExecutor:
+    """Starts each job as a Ray actor. Options: ``address`` (None: a local Ray instance), ``num_cpus`` for
+    a local instance, ``gpus_per_job`` (default: the job's own request, when the cluster has GPUs)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, **options: Any):
+        unknown = set(options) - {"gpus_per_job"}
+        if unknown:
+            raise PluginError(
+                f"the ray executor takes address, num_cpus, gpus_per_job; got {sorted(unknown)}"
+            )
+        ray = _ray()
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                kwargs["address"] = address
+            elif num_cpus:
+                kwargs["num_cpus"] = num_cpus
+            ray.init(**kwargs)
+        self._cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        self._gpus_per_job = options.get("gpus_per_job")
+        self._actor_class = ray.remote(_JobProcess)
+
+    def capacity(self) -> int:
+        """Jobs the cluster can run at once (one CPU each): the scheduler keeps this many outstanding."""
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+
+    def start(self, spec: Any) -> RayHandle:
+        gpus = self._gpus_per_job if self._gpus_per_job is not None else getattr(spec, "gpus", 1)
+        if not self._cluster_gpus:
+            gpus = 0
+        actor = self._actor_class.options(num_cpus=1, num_gpus=gpus).remote(
+            list(spec.argv), dict(spec.env), spec.cwd, spec.log_path
+        )
+        return RayHandle(self._ray, actor, actor.pid.remote())
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+RAY = ExecutorSpec(
+    name="ray",
+    create=RayExecutor,
+    extra="lorakit[ray]",
+    places_jobs=True,
+    description="Ray actors on a local instance or a cluster (--ray-address); Ray places the jobs",
+)
+
+
+@hookimpl
+def lorakit_register_executors(register):
+    register(RAY)
