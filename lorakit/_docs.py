@@ -92,11 +92,11 @@ def toml_value(value: Any) -> str:
 
 
 def _default(field: attrs.Attribute) -> str:
-    default = field.default
+    default: Any = field.default
     if default is attrs.NOTHING:
         return "required"
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        default = default.factory()  # type: ignore[attr-defined]
+        default = default.factory()
     if attrs.has(type(default)):
         return "all defaults"
     if default is None:
@@ -105,8 +105,11 @@ def _default(field: attrs.Attribute) -> str:
 
 
 def _cell(text: str) -> str:
-    """Schema text made safe for a Markdown table cell: ``<name>`` would otherwise be read as HTML."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Schema text made safe for a Markdown table cell: ``<name>`` would be read as HTML, and a trailing
+    ``{column = [labels]}`` as an attribute list."""
+    for char, escaped in (("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("{", "\\{"), ("}", "\\}")):
+        text = text.replace(char, escaped)
+    return text
 
 
 def _placeholder(field_name: str) -> str:
@@ -174,17 +177,6 @@ def config_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def schema_keys() -> list[str]:
-    """Every dotted key of the schema (``<name>``/``<task>`` for the keys of tables of tables)."""
-    from .config.schema import ExperimentConfig
-
-    keys = []
-    for table, cls in _sections(ExperimentConfig, ""):
-        prefix = f"{table}." if table else ""
-        keys.extend(f"{prefix}{field.name}" for field in attrs.fields(cls))
-    return keys
-
-
 # ---- CLI reference ------------------------------------------------------------------------------
 
 CLI_INTRO = """\
@@ -192,14 +184,15 @@ CLI_INTRO = """\
 
 Every `lorakit` command with its options, exactly as `--help` prints them. Browsing commands (`ls`,
 `compare`, `show`, `rollback`, `index`) are explained with examples in [Browsing experiments](cli-browse.md),
-the cache commands in [Data and cache](data.md).
+the cache commands in [Data and cache](data.md), the queue and scheduler commands (`devices`, `estimate`,
+`submit`, `queue`, `cancel`, `scheduler`, `run-parallel`) in [Many experiments](scheduler.md).
 
 ## Exit codes
 
 | code | meaning |
 |---|---|
 | 0 | success |
-| 1 | an unexpected error (a bug: the traceback is printed) |
+| 1 | an unexpected error (a bug: the traceback is printed); `run-parallel`: some job failed |
 | 2 | a problem you can fix: bad config, bad data, a missing plugin, a folder that exists; one line per problem on stderr, prefixed `Error:` (`-v` adds the traceback) |
 | 75 | `train` was preempted (SIGUSR1 or SIGTERM): a checkpoint was written, continue with `--resume` |
 | 130 | interrupted (Ctrl-C / SIGINT) |
