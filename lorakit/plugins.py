@@ -42,6 +42,17 @@ KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
 
 S = TypeVar("S")
 
+SINGULAR = {
+    "backbones": "backbone",
+    "tuning_methods": "tuning method",
+    "task_heads": "task head",
+    "losses": "loss",
+    "metrics": "metric",
+    "lr_schedulers": "LR scheduler",
+    "data_sources": "data source",
+    "executors": "executor",
+}
+
 
 @attrs.define(kw_only=True, frozen=True)
 class PluginInfo:
@@ -77,6 +88,7 @@ class Registry(Generic[S]):
 
     def __init__(self, kind: str):
         self.kind = kind
+        self.singular = SINGULAR.get(kind, kind)
         self._items: dict[str, Registered[S]] = {}
 
     def add(self, spec: S, *, plugin: str, distribution: str | None) -> None:
@@ -90,7 +102,7 @@ class Registry(Generic[S]):
         if name in self._items:
             first = self._items[name]
             raise PluginError(
-                f"{self.kind[:-1].replace('_', ' ')} {name!r} is registered twice: by plugin "
+                f"{self.singular} {name!r} is registered twice: by plugin "
                 f"{first.plugin!r} ({first.distribution or 'no distribution'}) and by plugin "
                 f"{plugin!r} ({distribution or 'no distribution'})"
             )
@@ -103,7 +115,7 @@ class Registry(Generic[S]):
             raise PluginError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        singular = self.kind[:-1].replace("_", " ")
+        singular = self.singular
         known = ", ".join(sorted(self._items)) or "none"
         msg = f"unknown {singular} {name!r}{did_you_mean(name, self._items)}; available: {known}"
         provider = KNOWN_PROVIDERS.get((self.kind, name))

@@ -250,11 +250,20 @@ def test_sigusr1_checkpoints_and_exits_preempted_then_resume_refuses_changed_con
     assert json.loads((out / "preempt" / "run.json").read_text(encoding="utf-8"))["status"] == "completed"
 
 
-def test_bad_config_leaves_no_folder(project, cli):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.head=nope", "Error: model.head: unknown task head 'nope'"),
+        ('train.metrics=["accuracy", "kappa"]', "Error: train.metrics: unknown metric 'kappa'"),
+        ("train.lr_scheduler=cosin", "Error: train.lr_scheduler: unknown LR scheduler 'cosin' (did you mean cosine?)"),
+        ("train.loss=poly1", "Error: train.loss: unknown loss 'poly1'"),
+    ],
+)
+def test_bad_plugin_names_leave_no_folder(project, cli, override, message):
     config = project("bad", tasks=2)
-    result = cli("train", str(config), "--outputs", str(outputs(project)), "--set", "model.head=nope")
+    result = cli("train", str(config), "--outputs", str(outputs(project)), "--set", override)
     assert result.returncode == 2
-    assert "Error: model.head: unknown task head 'nope'" in result.stderr
+    assert message in result.stderr
     assert not (outputs(project) / "bad").exists()
 
 

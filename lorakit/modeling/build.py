@@ -95,6 +95,9 @@ def plan_model(
     """Decide backbone, targets, heads and losses; plugin names are checked here, before any folder exists."""
     backbone = resolve_backbone(cfg, plugins)
     _lookup(plugins.tuning_methods(), cfg.model.method, "model.method")
+    _lookup(plugins.lr_schedulers(), cfg.train.lr_scheduler, "train.lr_scheduler")
+    for metric in cfg.train.metrics:
+        _lookup(plugins.metrics(), metric, "train.metrics")
     options = method_options(cfg)
     targets = options.get("target_modules") or (
         list(backbone.target_modules) if backbone.target_modules else detect_attention_modules(encoder)

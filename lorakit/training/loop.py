@@ -64,10 +64,20 @@ def headline_metric(save_strategy: str) -> str:
     return save_strategy.removeprefix("best_") if save_strategy.startswith("best_") else "avg_f1"
 
 
-def _better(value: float, best: float | None, metric: str) -> bool:
+def greater_is_better(metric: str, plugins: Plugins) -> bool:
+    """Whether a metrics.json key improves upwards: its metric plugin says so (``<task>_<metric>`` keys
+    included); ``f1``/``accuracy`` keys do; losses do not."""
+    registry = plugins.metrics()
+    for name in registry:
+        if metric == name or metric.endswith(f"_{name}"):
+            return registry.get(name).greater_is_better
+    return not metric.endswith("loss")
+
+
+def _better(value: float, best: float | None, greater: bool) -> bool:
     if best is None:
         return True
-    return value < best if metric.endswith("loss") else value > best
+    return value > best if greater else value < best
 
 
 class SignalCatcher:
@@ -322,7 +332,9 @@ class TrainingLoop:
                             self.scheduler.get_last_lr()[0],
                         )
                     every = cfg.train.checkpoint_every_steps
-                    at_interval = every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
+                    at_interval = (
+                        every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
+                    )
                     stop = self.stop_requested(signals)
                     if at_interval or stop:
                         self._bank(running)
@@ -395,7 +407,8 @@ class TrainingLoop:
                 f"train.save_strategy: metric {self.metric!r} is not computed; known: {', '.join(sorted(metrics))}"
             )
         value = metrics[self.metric]
-        is_best = self.cfg.train.save_strategy == "last" or _better(value, self.state.best_value, self.metric)
+        greater = greater_is_better(self.metric, self.plugins)
+        is_best = self.cfg.train.save_strategy == "last" or _better(value, self.state.best_value, greater)
         if is_best:
             self.state.best_epoch, self.state.best_value = epoch, value
             self.state.epochs_without_best = 0
