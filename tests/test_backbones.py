@@ -64,7 +64,10 @@ def test_auto_detects_attention_projections(tiny_distilbert: Path):
     import torch
     import transformers
 
-    assert detect_attention_modules(transformers.AutoModel.from_pretrained(tiny_distilbert)) == ["q_lin", "v_lin"]
+    assert detect_attention_modules(transformers.AutoModel.from_pretrained(tiny_distilbert)) == [
+        "q_lin",
+        "v_lin",
+    ]
 
     class NoAttention(torch.nn.Module):
         def __init__(self):

@@ -16,7 +16,9 @@ LEARN = {"epochs": 4, "lr": 5e-2}
 def test_two_process_ddp_matches_single_process(project, cli):  # noqa: F811
     out = outputs(project)
     # one process with batch 16 versus two processes with batch 8 each: the same effective batch
-    single = Experiment(project("single", tasks=2, batch_size=16, **LEARN), ["model.pooling=mean"], outputs=out)
+    single = Experiment(
+        project("single", tasks=2, batch_size=16, **LEARN), ["model.pooling=mean"], outputs=out
+    )
     solo = single.run(echo=False)
 
     config = project("ddp", tasks=2, batch_size=8, **LEARN)

@@ -17,7 +17,7 @@ import pytest
 from lorakit import Experiment
 from lorakit.errors import ConfigError, PluginError
 from lorakit.plugins import Plugins
-from lorakit.testing import load_builtins
+from lorakit.testing import load_builtins, tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 RISK = ["低风险", "中风险", "高风险"]
@@ -42,18 +42,8 @@ def ordinal() -> ModuleType:
 
 
 def small(arch: Path, tmp_path: Path, epochs: int = 2) -> list[str]:
-    return [
-        f'model.arch="{arch.as_posix()}"',
-        f'data.cache_dir="{(tmp_path / "cache").as_posix()}"',
-        "data.max_rows=160",
-        "data.max_len=32",
-        "data.val_ratio=0.25",
-        "model.lora.rank=4",
-        "model.lora.alpha=8",
-        "train.batch_size=16",
-        "train.lr=5e-3",
-        f"train.epochs={epochs}",
-    ]
+    """The shipped config's data, labels and loss weights, on a tiny model."""
+    return tiny_overrides(arch, tmp_path / "cache", epochs=epochs)
 
 
 def heads_json(folder: Path) -> dict:

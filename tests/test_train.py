@@ -255,7 +255,10 @@ def test_sigusr1_checkpoints_and_exits_preempted_then_resume_refuses_changed_con
     [
         ("model.head=nope", "Error: model.head: unknown task head 'nope'"),
         ('train.metrics=["accuracy", "kappa"]', "Error: train.metrics: unknown metric 'kappa'"),
-        ("train.lr_scheduler=cosin", "Error: train.lr_scheduler: unknown LR scheduler 'cosin' (did you mean cosine?)"),
+        (
+            "train.lr_scheduler=cosin",
+            "Error: train.lr_scheduler: unknown LR scheduler 'cosin' (did you mean cosine?)",
+        ),
         ("train.loss=poly1", "Error: train.loss: unknown loss 'poly1'"),
     ],
 )

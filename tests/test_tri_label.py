@@ -9,6 +9,7 @@ import pytest
 
 from lorakit import Experiment
 from lorakit.runs.index import ExperimentIndex
+from lorakit.testing import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "exp_v5_tri_label.toml"
@@ -19,20 +20,9 @@ TASKS = {
 }
 
 
-def small(arch: Path, tmp_path: Path) -> list[str]:
-    """Overrides that keep the shipped config's data, labels and loss weights, on a tiny model."""
-    return [
-        f'model.arch="{arch.as_posix()}"',
-        f'data.cache_dir="{(tmp_path / "cache").as_posix()}"',
-        "data.max_rows=160",
-        "data.max_len=32",
-        "data.val_ratio=0.25",
-        "model.lora.rank=4",
-        "model.lora.alpha=8",
-        "train.batch_size=16",
-        "train.lr=5e-3",
-        "train.epochs=2",
-    ]
+def small(arch: Path, tmp_path: Path, epochs: int = 2) -> list[str]:
+    """The shipped config's data, labels and loss weights, on a tiny model."""
+    return tiny_overrides(arch, tmp_path / "cache", epochs=epochs)
 
 
 def test_tri_label_config_trains_three_tasks(tiny_bert: Path, tmp_path: Path, builtin_plugins):
