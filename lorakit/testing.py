@@ -213,7 +213,7 @@ def _bert_tokenizer(vocab: list[str], directory: str):
     vocab_file = os.path.join(directory, "vocab.txt")
     with open(vocab_file, "w", encoding="utf-8") as fh:
         fh.write("\n".join(vocab) + "\n")
-    return transformers.BertTokenizerFast(vocab_file=vocab_file)
+    return transformers.BertTokenizerFast(vocab_file=vocab_file)  # type: ignore[attr-defined]  # transformers < 5
 
 
 def make_tiny_bert(directory, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 2):
@@ -310,7 +310,7 @@ def _roberta_tokenizer(directory: str):
 
     vocab, merges = _byte_level_bpe()
     if int(transformers.__version__.split(".")[0]) >= 5:
-        return transformers.RobertaTokenizer(vocab=vocab, merges=merges)
+        return transformers.RobertaTokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # pairs are accepted
     vocab_file = os.path.join(directory, "vocab.json")
     merges_file = os.path.join(directory, "merges.txt")
     with open(vocab_file, "w", encoding="utf-8") as fh:
