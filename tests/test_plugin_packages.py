@@ -219,3 +219,20 @@ def test_plugins_factory_holds_only_the_chosen_plugins(lorakit_plugins_factory, 
     assert [(i.name, i.distribution) for i in picked.pm.infos()] == [("metrics", "lorakit")]
     with pytest.raises(LookupError, match="no-such-plugin"):
         lorakit_plugins_factory("no-such-plugin")
+
+
+def test_a_loss_that_does_not_fit_its_head_is_a_config_error(
+    tiny_bert, tmp_path, lorakit_plugins_factory, ordinal
+):
+    lorakit_plugins_factory(ordinal)
+    overrides = [
+        *small(tiny_bert, tmp_path),
+        'model.heads.risk_level.type="linear"',
+        'model.heads.risk_level.loss="coral"',
+    ]
+    experiment = Experiment(REPO / "configs" / "exp_v7_ordinal.toml", overrides, outputs=tmp_path / "outputs")
+    with pytest.raises(ConfigError) as info:
+        experiment.run(echo=False)
+    (line,) = info.value.lines()
+    assert line.startswith("model.heads.risk_level: head 'linear' and loss 'coral' do not fit together")
+    assert not (tmp_path / "outputs" / "exp_v7_ordinal").exists()

@@ -185,3 +185,28 @@ def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> An
     else:
         weights = None
     return TaskLossCombiner(losses, weights, uncertainty=weight == "uncertainty")
+
+
+def check_heads_and_losses(plan: ModelPlan, classifier: Any, combiner: Any, hidden_size: int) -> None:
+    """Run each head and its loss on a dummy batch, so that a head and a loss that do not fit together
+    (an ordinal loss on a linear head) are a config error before the folder exists, not a failed run."""
+    import torch
+
+    pooled = torch.zeros(2, hidden_size)
+    labels = torch.zeros(2, dtype=torch.long)
+    for i, task in enumerate(plan.tasks):
+        head = classifier.heads[f"t{i}"]
+        was_training = head.training
+        head.eval()  # no dropout: the check draws nothing from the RNG, so runs stay reproducible
+        try:
+            with torch.no_grad():
+                combiner.losses[i](head(pooled), labels)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                [
+                    f"model.heads.{task.name}: head {task.head!r} and loss {task.loss!r} do not fit together: {reason}"
+                ]
+            ) from None
+        finally:
+            head.train(was_training)

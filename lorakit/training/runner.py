@@ -138,7 +138,13 @@ def run_experiment(
     resuming = check_folder(layout, cfg_fp, resume=resume, force=force) if main else resume
 
     # --- everything that can fail on user input happens before the folder is touched ---------------
-    from ..modeling.build import build_classifier, build_losses, load_backbone_encoder, plan_model
+    from ..modeling.build import (
+        build_classifier,
+        build_losses,
+        check_heads_and_losses,
+        load_backbone_encoder,
+        plan_model,
+    )
 
     backbone, encoder = load_backbone_encoder(cfg, plugins)
     tokenizer_cache: dict[str, Any] = {}
@@ -152,6 +158,8 @@ def run_experiment(
     label_counts = {t.name: len(t.labels) for t in data.label_map.tasks}
     plan = plan_model(cfg, label_counts, plugins, encoder)
     combiner = build_losses(cfg, plan, plugins)
+    classifier = build_classifier(plan, encoder, plugins, cfg.seed)
+    check_heads_and_losses(plan, classifier, combiner, encoder.config.hidden_size)
     fingerprints = {"config": cfg_fp, "data": data.fingerprint}
     if resuming and main and read_json(layout.run_info).get("data_fingerprint") != data.fingerprint:
         raise ResumeError(
@@ -169,7 +177,6 @@ def run_experiment(
 
     pad_id = tokenizer().pad_token_id
     with _LogToFile(layout.train_log, echo) if main else contextlib.nullcontext():
-        classifier = build_classifier(plan, encoder, plugins, cfg.seed)
 
         def on_epoch(epoch: int, metrics: dict[str, float], state: Any) -> None:
             doc: dict[str, Any] = dict(state.history)
