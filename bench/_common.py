@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def add_training_args(
@@ -21,3 +27,25 @@ def add_training_args(
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=42)
+
+
+def run_and_save(
+    args: argparse.Namespace,
+    prefix: str,
+    benchmark: Callable[[Path], dict[str, Any]],
+    report: Callable[..., None],
+) -> None:
+    """Run ``benchmark`` in a temp work folder (kept with --keep), write its results to --output, report them."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        results = benchmark(work)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    report(results)
+    print(f"results   {out}")

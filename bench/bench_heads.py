@@ -23,14 +23,12 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import add_training_args  # bench/ is the script's folder, so on sys.path
+from _common import add_training_args, run_and_save  # bench/ is the script's folder, so on sys.path
 from bench_vs_hf import CORPUS, REPO, lorakit_config, prepare, run_timed, warm_page_cache, write_config
 
 TARGET = 1.05
@@ -103,19 +101,7 @@ def step_ms(outputs: Path, exp_id: str, batch_size: int) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lorakit-heads-"))
-    try:
-        results = benchmark(args, work)
-    finally:
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    report(results)
-    print(f"results   {out}")
+    run_and_save(args, "lorakit-heads-", lambda work: benchmark(args, work), report)
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:

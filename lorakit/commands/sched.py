@@ -59,12 +59,31 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _executor_options(executor: str, ray_address: str | None) -> dict[str, Any]:
-    if ray_address and executor != "ray":
-        from ..errors import LorakitError
+def _scheduler(
+    root: Any,
+    pool: Any,
+    max_parallel: int | None,
+    executor: str,
+    ray_address: str | None,
+    poll_interval: float,
+    *,
+    exit_when_done: bool,
+) -> Any:
+    """The Scheduler both `scheduler` and `run-parallel` run, from their shared options."""
+    from ..errors import LorakitError
+    from ..scheduling.scheduler import Scheduler
 
+    if ray_address and executor != "ray":
         raise LorakitError("--ray-address needs --executor ray")
-    return {"address": ray_address} if ray_address else {}
+    return Scheduler(
+        root,
+        executor=executor,
+        executor_options={"address": ray_address} if ray_address else {},
+        gpu_pool=pool,
+        max_parallel=max_parallel,
+        exit_when_done=exit_when_done,
+        poll_s=poll_interval,
+    )
 
 
 @click.command()
@@ -258,16 +277,15 @@ def scheduler(
     """Run the queue of the outputs folder: place jobs on GPUs (or CPU), preempt, resume, report."""
     from ..runs.layout import outputs_root
     from ..scheduling.inventory import parse_gpu_pool
-    from ..scheduling.scheduler import Scheduler
 
-    code = Scheduler(
+    code = _scheduler(
         outputs_root(outputs),
-        executor=executor,
-        executor_options=_executor_options(executor, ray_address),
-        gpu_pool=parse_gpu_pool(gpu_pool),
-        max_parallel=max_parallel,
+        parse_gpu_pool(gpu_pool),
+        max_parallel,
+        executor,
+        ray_address,
+        poll_interval,
         exit_when_done=exit_when_done,
-        poll_s=poll_interval,
     ).run()
     if code:
         sys.exit(code)
@@ -301,7 +319,6 @@ def run_parallel(
     from ..scheduling.inventory import parse_gpu_pool
     from ..scheduling.lock import SchedulerRunning, holder_pid, scheduler_running
     from ..scheduling.queue import ACTIVE_STATES, JobQueue
-    from ..scheduling.scheduler import Scheduler
     from ..scheduling.submit import expand_configs, submit_config, validate_all
 
     root = outputs_root(outputs)
@@ -329,14 +346,8 @@ def run_parallel(
         job = submit_config(jobs, path, overrides, priority=priority, force=force, batch=batch)
         ids.append(job.id)
     click.echo(f"{len(ids)} job(s) in the queue; running them")
-    code = Scheduler(
-        root,
-        executor=executor,
-        executor_options=_executor_options(executor, ray_address),
-        gpu_pool=pool,
-        max_parallel=max_parallel,
-        exit_when_done=True,
-        poll_s=poll_interval,
+    code = _scheduler(
+        root, pool, max_parallel, executor, ray_address, poll_interval, exit_when_done=True
     ).run()
     finished = [jobs.get(job_id) for job_id in ids]
     click.echo("\nsummary:")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -51,7 +50,6 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
     """Rebuild the classifier from an experiment folder: base model + peft adapter + heads."""
     import peft
     import torch
-    from safetensors.torch import load_file
 
     from .model import MultiTaskClassifier
 
@@ -69,11 +67,7 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
         for spec, t in zip(head_specs, meta["tasks"], strict=False)
     ]
     classifier = MultiTaskClassifier(adapted, heads, [t["name"] for t in meta["tasks"]], meta["pooling"])
-    state = load_file(str(layout.heads_weights))
-    for key, head in classifier.heads.items():
-        head.load_state_dict(
-            {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
-        )
+    load_heads(classifier, layout)
     classifier.to(torch.device(device)).eval()
     return TrainedModel(
         classifier=classifier,
@@ -88,5 +82,12 @@ def probabilities(logits: Any, fn: Any) -> Any:
     return fn(logits) if fn is not None else logits.float().softmax(-1)
 
 
-def adapter_files(layout: RunLayout) -> list[Path]:
-    return sorted(p for p in layout.adapter_dir.iterdir()) if layout.adapter_dir.is_dir() else []
+def load_heads(classifier: Any, layout: RunLayout) -> None:
+    """Load ``heads.safetensors`` (keys ``t<i>.<param>``, as :func:`save_artifacts` writes them) into the heads."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(layout.heads_weights))
+    for key, head in classifier.heads.items():
+        head.load_state_dict(
+            {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
+        )

@@ -20,10 +20,6 @@ KEEP = 2
 
 def rng_state() -> dict[str, Any]:
     """This process's RNG state (each rank of a distributed run has its own)."""
-    return _rng_state()
-
-
-def _rng_state() -> dict[str, Any]:
     import torch
 
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
@@ -53,7 +49,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     # one RNG state per rank: exact resume needs every rank's dropout stream back
-    torch.save({"ranks": rank_rng or [_rng_state()]}, tmp / "rng.pt")
+    torch.save({"ranks": rank_rng or [rng_state()]}, tmp / "rng.pt")
     write_json_atomic(
         tmp / STATE_FILE, {**state, "global_step": global_step, "python_random": random.getstate()}
     )

@@ -404,15 +404,13 @@ def _restore_best(layout: RunLayout, loop: Any) -> None:
     import peft
     from safetensors.torch import load_file
 
+    from ..modeling.artifacts import load_heads
+
     model = loop.accelerator.unwrap_model(loop.classifier)
     peft.set_peft_model_state_dict(
         model.encoder, load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
     )
-    heads = load_file(str(layout.heads_weights))
-    for key, head in model.heads.items():
-        head.load_state_dict(
-            {name.split(".", 1)[1]: v for name, v in heads.items() if name.split(".", 1)[0] == key}
-        )
+    load_heads(model, layout)
 
 
 def _verify_reload(layout: RunLayout, loop: Any, data: Any, plugins: Plugins, best_dir: Path) -> None:
