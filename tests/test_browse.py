@@ -138,6 +138,7 @@ def test_ls_table_columns_and_active_marker(outputs: Path):
         "avg_f1",
         "created",
         "device",
+        "precision",
     ]
     assert [line.split()[0] for line in lines[2:8]] == [
         "exp_v1_bert_baseline",
@@ -262,7 +263,7 @@ def test_compare_columns_and_formats(outputs: Path):
     result = invoke("compare", V4, V1, "--format", "json", outputs=outputs)
     rows = json.loads(result.stdout)
     assert [r["exp_id"] for r in rows] == [V4, V1]  # the order given
-    assert list(rows[0])[:6] == ["exp_id", "task_type", "status", "model", "backbone", "method"]
+    assert list(rows[0])[:7] == ["exp_id", "task_type", "status", "precision", "model", "backbone", "method"]
     assert rows[0]["avg_f1"] == 0.93 and rows[0]["is_adopt_f1"] == 0.92 and rows[1]["is_adopt_f1"] is None
     assert rows[0]["loss_weight"] == [0.5, 0.5] and rows[0]["best_epoch"] == 2
     md = invoke("compare", V4, V1, "--format", "markdown", outputs=outputs).stdout.splitlines()
@@ -279,8 +280,9 @@ def test_compare_only_changed(outputs: Path):
     changed = [
         c
         for c in rows[0]
-        if c != "exp_id" and c != "best_epoch" and not c.endswith(("f1", "accuracy", "loss"))
+        if c not in ("exp_id", "precision", "best_epoch") and not c.endswith(("f1", "accuracy", "loss"))
     ]
+    assert "precision" in rows[0]  # the precision used is always shown, changed or not
     assert changed == ["description", "seed", "model.lora.rank", "model.lora.alpha"]
     assert rows[1]["seed"] == 7 and rows[1]["model.lora.rank"] == 32
     pair = json.loads(invoke("compare", V1, V2, "--only-changed", "--format", "json", outputs=outputs).stdout)

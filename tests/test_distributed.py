@@ -37,12 +37,28 @@ def test_two_process_ddp_matches_single_process(project, cli):  # noqa: F811
     assert abs(metrics["best"]["avg_f1"] - solo.best["avg_f1"]) < 0.2
 
 
-def test_ddp_preempt_and_exact_resume(project, cli):  # noqa: F811
+def test_ddp_bf16_uncertainty_weights_preempt_and_exact_resume(project, cli):  # noqa: F811
+    """Two ranks in bf16 with learned (uncertainty) loss weights, which live outside the DDP model: the
+    ranks must keep identical weights (the run fails if their checksums differ), and a SIGUSR1 + --resume
+    must give the metrics of an uninterrupted run."""
     out = outputs(project)
-    train = {"batch_size": 4, "epochs": 2, "checkpoint_every_steps": 2, "lr": 2e-3}
+    train = {
+        "batch_size": 4,
+        "epochs": 2,
+        "checkpoint_every_steps": 2,
+        "lr": 2e-3,
+        "mixed_precision": "bf16",
+        "loss_weight": "uncertainty",
+        "grad_accum": 2,
+    }
     base = project("ddp_solo", tasks=2, **train)
     solo = cli("train", str(base), "--outputs", str(out), "--nproc", "2")
     assert solo.returncode == 0, solo.stderr
+    run = json.loads((out / "ddp_solo" / "run.json").read_text(encoding="utf-8"))
+    assert run["precision"] == "bf16" and run["world_size"] == 2
+    assert len(run["peak_memory_mb_per_rank"]) == 2 and run["peak_memory_mb"] == max(
+        run["peak_memory_mb_per_rank"]
+    )
 
     config = project("ddp_stop", tasks=2, **train)
     proc = _popen_train(config, out, "--nproc", "2")

@@ -187,6 +187,7 @@ def ls(fmt: str, filters: tuple[str, ...], sort_by: str | None, asc: bool, outpu
             "best": (entry.get("best_metrics") or {}).get(headline),
             "created": entry.get("create_time"),
             "device": entry.get("device_used"),
+            "precision": entry.get("precision"),
         }
         if extra:
             value = resolve(exp_id, entry, extra, configs)
@@ -210,6 +211,7 @@ def ls(fmt: str, filters: tuple[str, ...], sort_by: str | None, asc: bool, outpu
                 "best",
                 "created",
                 "device",
+                "precision",
             ]
         )
         click.echo(_render(columns, rows, fmt))
@@ -237,6 +239,7 @@ def ls(fmt: str, filters: tuple[str, ...], sort_by: str | None, asc: bool, outpu
             line[extra] = row[extra]
         line["created"] = (row["created"] or "")[:16]
         line["device"] = row["device"]
+        line["precision"] = row["precision"]
         table.append(line)
     metrics = [common] + ([extra] if extra else [])
     click.echo(_render(list(table[0]), table, "table", metrics=metrics))
@@ -435,6 +438,7 @@ def show(exp_id: str, as_json: bool, outputs: str | None) -> None:
     out += ["", "Environment"]
     env_fields: list[tuple[str, Any]] = [
         ("device", run.get("device_used") or env.get("device")),
+        ("precision", run.get("precision")),
         ("python", env.get("python")),
         ("peak_memory", f"{env['peak_memory_mb']:.0f} MB" if env.get("peak_memory_mb") else None),
         ("git_commit", env.get("git_commit")),

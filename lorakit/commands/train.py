@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -53,6 +54,20 @@ def train(
     except RunStopped as stop:
         click.echo(f"{experiment.config.exp_id}: {stop}", err=True)
         sys.exit(stop.exit_code)
+    except LorakitError:
+        raise
+    except Exception:
+        # a failure after the folder was opened is recorded there; say so in one line (-v: traceback)
+        failed = _recorded_failure(experiment.output_dir / "run.json")
+        if failed is None or (click.get_current_context().obj or {}).get("verbose"):
+            raise
+        click.echo(f"Error: {experiment.config.exp_id} failed: {failed}", err=True)
+        click.echo(
+            f"  recorded in {experiment.output_dir / 'run.json'}; traceback in "
+            f"{experiment.output_dir / 'train.log'}; checkpoints kept: continue with --resume",
+            err=True,
+        )
+        sys.exit(1)
     if not result.best and distributed.in_worker():
         return  # ranks other than 0 have nothing to report
     best = result.best
@@ -61,6 +76,25 @@ def train(
         if key != "epoch" and isinstance(value, float) and key.endswith(("f1", "accuracy")):
             click.echo(f"  {key:<28} {value:.4f}")
     click.echo(f"outputs: {result.output_dir}")
+
+
+def _recorded_failure(run_json: Path) -> str | None:
+    """The reason recorded in run.json when this process's run ended as failed, else None."""
+    from ..fsutil import read_json
+
+    try:
+        info = read_json(run_json)
+    except Exception:
+        return None
+    if not isinstance(info, dict) or info.get("status") != "failed" or not in_main_rank():
+        return None
+    return str(info.get("error") or "unknown error")
+
+
+def in_main_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @click.command()

@@ -18,7 +18,7 @@ PRIORITIES = ("low", "medium", "high")
 TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 POOLINGS = ("cls", "mean")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 
 LabelSubset = Union[list[str], dict[str, list[str]], None]
 LossWeight = Union[list[float], dict[str, float], str, None]
@@ -148,7 +148,11 @@ class TrainConfig:
     metrics: list[str] = _doc(
         "metric plugins computed per task each epoch", factory=lambda: ["accuracy", "macro_f1"]
     )
-    mixed_precision: str = _doc("no | fp16 | bf16 (Accelerate)", default="no")
+    mixed_precision: str = _doc(
+        "no | fp16 | bf16 | auto (bf16 where the hardware runs it natively, else fp32; a resumed run keeps "
+        "the precision it started with)",
+        default="auto",
+    )
     checkpoint_every_steps: int | None = _doc("also checkpoint every N optimizer steps", default=None)
     group_by_length: bool = _doc("batch texts of similar length together (shuffled groups)", default=True)
     device: str = _doc("auto | cpu | cuda", default="auto")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import shutil
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -91,3 +94,27 @@ def load_heads(classifier: Any, layout: RunLayout) -> None:
         head.load_state_dict(
             {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
         )
+
+
+RELOAD_ADAPTER = "lorakit_reload_check"
+
+
+@contextlib.contextmanager
+def saved_adapter_active(classifier: Any, layout: RunLayout) -> Iterator[Any]:
+    """Within the block, ``classifier`` runs the experiment's *saved* adapter (loaded by peft from
+    ``lora_adapter/`` as a second adapter of the same base model) and saved heads; afterwards the
+    trained adapter and heads are back. No second copy of the encoder is made."""
+    encoder = classifier.encoder
+    previous = encoder.active_adapter
+    heads = classifier.heads
+    with quiet_peft():
+        encoder.load_adapter(str(layout.adapter_dir), adapter_name=RELOAD_ADAPTER)
+    try:
+        encoder.set_adapter(RELOAD_ADAPTER)
+        classifier.heads = copy.deepcopy(heads)
+        load_heads(classifier, layout)
+        yield classifier
+    finally:
+        classifier.heads = heads
+        encoder.set_adapter(previous)
+        encoder.delete_adapter(RELOAD_ADAPTER)

@@ -143,6 +143,8 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
         "peak_memory_mb": run.get("peak_memory_mb", env.get("peak_memory_mb")),
         "peak_reserved_mb": run.get("peak_reserved_mb", env.get("peak_reserved_mb")),
         "world_size": run.get("world_size", 1),
+        # the precision the run used (fp32 | bf16 | fp16): runs in different precisions are not compared blind
+        "precision": run.get("precision"),
         "notes": list(run.get("notes") or []),
         "error": run.get("error"),
     }

@@ -3,7 +3,7 @@
 Keys (for ``--filter`` and ``--sort-by``) resolve in this order, the first hit wins:
 
 1. ``exp_id`` and the entry's own fields: ``task_type``, ``status``, ``device_used``, ``create_time``,
-   ``end_time``, ``base_config``, ``env_version``, ``headline``, ``best_epoch``, ``output_path``, ``tasks``
+   ``end_time``, ``base_config``, ``env_version``, ``headline``, ``best_epoch``, ``output_path``, ``precision``, ``tasks``
    (task names joined by ``,``), and the ``ls`` column names ``model``, ``rank``, ``batch``, ``device``,
    ``created`` as aliases;
 2. ``key_params`` fields: ``model``, ``backbone``, ``method``, ``lora_rank``, ``lora_alpha``, ``lr``,
@@ -51,6 +51,7 @@ ENTRY_FIELDS = (
     "best_epoch",
     "output_path",
     "epochs_done",
+    "precision",
 )
 ALIASES = {
     "rank": "lora_rank",
@@ -386,12 +387,12 @@ def compare_rows(
         if configs is None:
             raise ValueError("only_changed needs the config copies")
         params = changed_keys({i: configs.flat(i) for i in ids})
-        head = ["exp_id"]
+        head = ["exp_id", "precision"]
     else:
         present = {name for i in ids for name in entries[i].get("key_params") or {}}
         params = [name for name in KEY_PARAM_ORDER if name in present]
         params += sorted(present - set(params))
-        head = ["exp_id", "task_type", "status"]
+        head = ["exp_id", "task_type", "status", "precision"]
     columns = [*head, *params, "best_epoch", *metrics]
     rows = []
     for exp_id in ids:

@@ -75,3 +75,10 @@ def collate(split: Any, index: np.ndarray, pad_id: int) -> dict[str, Any]:
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(np.asarray(split.labels[index], dtype=np.int64)),
     }
+
+
+def to_device(tensor: Any, device: Any) -> Any:
+    """Move a host batch tensor to ``device``: through pinned memory and without a sync on CUDA."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -16,30 +16,48 @@ F1_METRIC = "macro_f1"
 
 @np.errstate(all="ignore")
 def predict_split(
-    classifier: Any, split: Any, *, batch_size: int, pad_id: int, device: Any, probability_fns: Sequence[Any]
+    classifier: Any,
+    split: Any,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: Any,
+    probability_fns: Sequence[Any],
+    rows: np.ndarray | None = None,
+    autocast: Any = None,
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Per-task probabilities (row order) and, when labels exist, the mean loss is left to the caller."""
+    """Per-task probabilities of ``rows`` (default: every row), in the order of ``rows``.
+
+    ``autocast`` is a context-manager factory (the run's mixed precision); the probabilities are fp32.
+    """
+    import contextlib
+
     import torch
 
     from ..modeling.artifacts import probabilities
+    from .batching import to_device
 
+    rows = np.arange(len(split.lengths())) if rows is None else np.asarray(rows)
     n_tasks = len(probability_fns)
     outputs: list[list[Any]] = [[] for _ in range(n_tasks)]
     order: list[np.ndarray] = []
     classifier.eval()
     with torch.no_grad():
-        for index in eval_batches(split.lengths(), batch_size):
-            batch = collate(split, index, pad_id)
-            logits = classifier(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        for positions in eval_batches(split.lengths()[rows], batch_size):
+            batch = collate(split, rows[positions], pad_id)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits = classifier(
+                    to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device)
+                )
             for t in range(n_tasks):
-                outputs[t].append(probabilities(logits[t], probability_fns[t]).float().cpu())
-            order.append(index)
+                outputs[t].append(probabilities(logits[t].float(), probability_fns[t]).cpu())
+            order.append(positions)
     if not order:
         return [np.zeros((0, 0)) for _ in range(n_tasks)], None
     perm = np.concatenate(order)
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(len(perm))
-    return [torch.cat(chunks).numpy()[inverse] for chunks in outputs], perm
+    return [torch.cat(chunks).numpy()[inverse] for chunks in outputs], rows[perm]
 
 
 def compute_metrics(

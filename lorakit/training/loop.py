@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -17,8 +18,16 @@ from ..config.schema import ExperimentConfig
 from ..errors import LorakitError, ResumeError
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
-from .batching import collate, epoch_batches
-from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from . import precision as mp
+from .batching import collate, epoch_batches, to_device
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_best,
+    save_checkpoint,
+)
 from .evaluate import compute_metrics, predict_split
 
 log = logging.getLogger("lorakit.train")
@@ -58,6 +67,7 @@ class LoopState:
     epochs_without_best: int = 0
     train_loss_sum: float = 0.0
     train_loss_batches: int = 0
+    skipped_steps: int = 0  # fp16 steps the loss scaler skipped (inf/NaN gradients); the LR did not move
 
 
 def headline_metric(save_strategy: str) -> str:
@@ -86,8 +96,13 @@ class SignalCatcher:
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
+        self._depth = 0
 
     def __enter__(self) -> SignalCatcher:
+        # re-entrant: the runner holds it from the first line of a run, the loop again while it trains
+        self._depth += 1
+        if self._depth > 1:
+            return self
         for name in STOP_SIGNALS:
             sig = getattr(signal, name, None)
             if sig is None:
@@ -102,8 +117,12 @@ class SignalCatcher:
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class TrainingLoop:
@@ -123,6 +142,8 @@ class TrainingLoop:
         fingerprints: dict[str, str],
         on_epoch: Any,
         on_best: Any,
+        precision: str | None = None,
+        signals: SignalCatcher | None = None,
     ):
         self.cfg = cfg
         self.plugins = plugins
@@ -140,11 +161,17 @@ class TrainingLoop:
         from accelerate import Accelerator
 
         wanted = cfg.train.device
+        # mixed precision is lorakit's own autocast and scaler (see training/precision.py), not Accelerate's
         self.accelerator = Accelerator(
             cpu=wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()),
-            mixed_precision=cfg.train.mixed_precision,
+            mixed_precision="no",
         )
         self.device = self.accelerator.device
+        self.signals = signals or SignalCatcher()
+        #: fp32 | bf16 | fp16: a resumed run passes the precision it started with
+        self.precision = precision or mp.resolve(cfg.train.mixed_precision, self.device)
+        self.scaler = mp.grad_scaler(self.precision, self.device)
+        self.tf32 = mp.enable_tf32(self.device)
         params = [p for p in classifier.parameters() if p.requires_grad]
         params += [p for p in combiner.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -157,7 +184,10 @@ class TrainingLoop:
             lr=cfg.train.lr,
         )
         self.classifier, self.optimizer = self.accelerator.prepare(classifier, optimizer)
+        # the bare optimizer: the loss scaler keys its per-optimizer state on the object it is given
+        self._optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         self.combiner = combiner.to(self.device)
+        self._combiner_params = [p for p in self.combiner.parameters() if p.requires_grad]
         self.train_split = data.splits["train"]
         self.batches_per_epoch = len(self._batches(1))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.grad_accum)
@@ -202,9 +232,13 @@ class TrainingLoop:
     def world_size(self) -> int:
         return self.accelerator.num_processes
 
+    def autocast(self) -> Any:
+        """The run's autocast context: every forward pass (training, evaluation, reload check) uses it."""
+        return mp.autocast(self.precision, self.device)
+
     def checkpoint(self) -> None:
         """Every rank calls this (RNG states are gathered); rank 0 alone writes."""
-        rank_rng = [rng_state()]
+        rank_rng = [rng_state(self.device)]
         if self.world_size > 1:
             from accelerate.utils import gather_object
 
@@ -220,18 +254,26 @@ class TrainingLoop:
                     "loop": attrs.asdict(self.state),
                     "fingerprints": self.fingerprints,
                     "world_size": self.world_size,
+                    "precision": self.precision,
                 },
                 rank_rng=rank_rng,
+                scaler=self.scaler,
             )
         self.accelerator.wait_for_everyone()
 
-    def steps_per_rank(self) -> list[int]:
-        """Optimizer steps each rank took (proof that every rank trained)."""
+    def rank_report(self) -> list[dict[str, Any]]:
+        """Per rank: optimizer steps (proof that every rank trained), peak memory, and a checksum of the
+        trainable weights (proof that the ranks stayed in step). A collective: every rank calls it."""
+        from .envinfo import peak_memory_mb
+
+        weights = self.trainable()
+        checksum = float(sum(float(t.double().sum()) for t in weights.values()))
+        report = [{"steps": self.state.global_step, "checksum": checksum, **peak_memory_mb(self.device)}]
         if self.world_size == 1:
-            return [self.state.global_step]
+            return report
         from accelerate.utils import gather_object
 
-        return [int(x) for x in gather_object([self.state.global_step])]
+        return list(gather_object(report))
 
     def stop_requested(self, signals: SignalCatcher) -> str | None:
         """The stop signal, agreed by every rank (one tiny all-reduce per step, only when distributed)."""
@@ -256,10 +298,18 @@ class TrainingLoop:
                 f"{path}: saved by {saved_world} process(es), resuming with {self.world_size}; "
                 "exact resume needs the same number of processes"
             )
+        saved_precision = ckpt["state"].get("precision", "fp32")
+        if saved_precision != self.precision:
+            raise ResumeError(
+                f"{path}: trained in {saved_precision}, resuming in {self.precision}; "
+                f'set train.mixed_precision = "{saved_precision}" to resume exactly'
+            )
         self.load_trainable(ckpt["weights"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng"], ckpt["state"]["python_random"], self.accelerator.process_index)
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng(ckpt["rng"], ckpt["state"]["python_random"], self.accelerator.process_index, self.device)
         self.state = LoopState(**ckpt["state"]["loop"])
         log.info(
             "resumed from %s (epoch %d, batch %d, step %d)",
@@ -273,88 +323,136 @@ class TrainingLoop:
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(self) -> LoopState:
+        """Train to the last epoch (or an early stop); raises :class:`RunStopped` on a stop signal."""
+        import torch
+
+        cfg = self.cfg
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        with self.signals:
+            # a signal that came during model loading, tokenization or process-group setup stops here,
+            # before the first step: nothing new to checkpoint, the newest checkpoint (if any) stands
+            stop = self.stop_requested(self.signals)
+            if stop:
+                raise RunStopped(stop, self.state.global_step)
+            # (the early-stop test comes first too: a run resumed after its early stop trains no further)
+            while self.state.epoch <= cfg.train.epochs and not self._should_stop_early():
+                epoch = self.state.epoch
+                started = time.perf_counter()
+                self._train_epoch(epoch, first_bad)
+                self._check_finite(first_bad)
+                self._end_epoch(epoch, time.perf_counter() - started)
+                if self._should_stop_early():
+                    log.info("early stopping: no new best for %d epochs", self.state.epochs_without_best)
+                    break
+                stop = self.stop_requested(self.signals)
+                if stop:
+                    raise RunStopped(stop, self.state.global_step)
+        return self.state
+
+    def _train_epoch(self, epoch: int, first_bad: Any) -> None:
+        """The rest of ``epoch`` from ``state.batch`` on; checkpoints at intervals and on a stop signal."""
         import torch
 
         cfg = self.cfg
         accum = cfg.train.grad_accum
         log_every = max(1, self.steps_per_epoch // 10)
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        with SignalCatcher() as signals:
-            while self.state.epoch <= cfg.train.epochs:
-                epoch = self.state.epoch
-                batches = self._batches(epoch)
-                self.classifier.train()
-                # float64: sums of float32 losses stay exact, so a resumed run banks the same train_loss
-                running = torch.zeros((), dtype=torch.float64, device=self.device)
-                window_start = self.state.batch  # first batch whose loss is in `running`
-                progress = self._progress(epoch, len(batches))
-                started = time.perf_counter()
-                for b in range(self.state.batch, len(batches)):
-                    batch = collate(self.train_split, batches[b], self.pad_id)
-                    with self.accelerator.autocast():
-                        logits = self.classifier(
-                            batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-                        )
-                        loss, _ = self.combiner(logits, batch["labels"].to(self.device))
-                    # remember the first non-finite step on the device: no per-step host sync
-                    bad = ~torch.isfinite(loss.detach())
-                    step_no = self.state.global_step + 1
-                    first_bad = torch.where(
-                        bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad
-                    )
-                    running += loss.detach().double()
-                    last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
-                    # the epoch's last accumulation group may be short: average over its real size
-                    group = min(accum, len(batches) - (b // accum) * accum)
-                    self.accelerator.backward(loss / group)
-                    self.state.batch = b + 1
-                    if progress is not None:
-                        progress.update(1)
-                    if not last_in_step:
-                        continue
-                    if cfg.train.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(
-                            self.classifier.parameters(), cfg.train.max_grad_norm
-                        )
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.state.global_step += 1
-                    if self.state.global_step % log_every == 0:
-                        # the only host syncs of the epoch: every tenth of it
-                        self._check_finite(first_bad)
-                        log.info(
-                            "epoch %d step %d/%d loss %.4f lr %.2e",
-                            epoch,
-                            self.state.global_step,
-                            self.steps_per_epoch * cfg.train.epochs,
-                            running.item() / max(b + 1 - window_start, 1),
-                            self.scheduler.get_last_lr()[0],
-                        )
-                    every = cfg.train.checkpoint_every_steps
-                    at_interval = (
-                        every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
-                    )
-                    stop = self.stop_requested(signals)
-                    if at_interval or stop:
-                        self._bank(running)
-                        running.zero_()
-                        window_start = self.state.batch
-                        self.checkpoint()
-                    if stop:
-                        raise RunStopped(stop, self.state.global_step)
-                if progress is not None:
-                    progress.close()
+        batches = self._batches(epoch)
+        self.classifier.train()
+        # float64: sums of float32 losses stay exact, so a resumed run banks the same train_loss
+        running = torch.zeros((), dtype=torch.float64, device=self.device)
+        window_start = self.state.batch  # first batch whose loss is in `running`
+        progress = self._progress(epoch, len(batches))
+        for b in range(self.state.batch, len(batches)):
+            last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
+            # the epoch's last accumulation group may be short: average over its real size
+            group = min(accum, len(batches) - (b // accum) * accum)
+            # micro-batches before the step skip DDP's gradient all-reduce (one per optimizer step)
+            sync = contextlib.nullcontext() if last_in_step else self.accelerator.no_sync(self.classifier)
+            with sync:
+                loss = self._forward_backward(batches[b], group)
+            # remember the first non-finite step on the device: no per-step host sync
+            bad = ~torch.isfinite(loss)
+            step_no = self.state.global_step + 1
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad)
+            running += loss.double()
+            self.state.batch = b + 1
+            if progress is not None:
+                progress.update(1)
+            if not last_in_step:
+                continue
+            self._optimizer_step()
+            if self.state.global_step % log_every == 0:
+                # the only host syncs of the epoch: every tenth of it
                 self._check_finite(first_bad)
+                log.info(
+                    "epoch %d step %d/%d loss %.4f lr %.2e",
+                    epoch,
+                    self.state.global_step,
+                    self.steps_per_epoch * cfg.train.epochs,
+                    running.item() / max(b + 1 - window_start, 1),
+                    self.scheduler.get_last_lr()[0],
+                )
+            every = cfg.train.checkpoint_every_steps
+            at_interval = every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
+            stop = self.stop_requested(self.signals)
+            if at_interval or stop:
                 self._bank(running)
-                self._end_epoch(epoch, time.perf_counter() - started)
-                if self._should_stop_early():
-                    log.info("early stopping: no new best for %d epochs", self.state.epochs_without_best)
-                    break
-                stop = self.stop_requested(signals)
-                if stop:
-                    raise RunStopped(stop, self.state.global_step)
-        return self.state
+                running.zero_()
+                window_start = self.state.batch
+                self.checkpoint()
+            if stop:
+                raise RunStopped(stop, self.state.global_step)
+        if progress is not None:
+            progress.close()
+        self._bank(running)
+
+    def _forward_backward(self, index: np.ndarray, group: int) -> Any:
+        """One micro-batch: forward under the run's autocast, backward (scaled in fp16); the detached loss."""
+        batch = collate(self.train_split, index, self.pad_id)
+        with self.autocast():
+            logits = self.classifier(
+                to_device(batch["input_ids"], self.device), to_device(batch["attention_mask"], self.device)
+            )
+            loss, _ = self.combiner(logits, to_device(batch["labels"], self.device))
+        scaled = loss / group
+        self.accelerator.backward(self.scaler.scale(scaled) if self.scaler is not None else scaled)
+        return loss.detach().float()
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, and advance the LR schedule, except on a step fp16's loss scaler skipped."""
+        cfg = self.cfg
+        self._sync_combiner_grads()
+        if self.scaler is not None:
+            self.scaler.unscale_(self._optimizer)  # clip the true gradients, not the scaled ones
+        if cfg.train.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.classifier.parameters(), cfg.train.max_grad_norm)
+        skipped = False
+        if self.scaler is not None:
+            # fp16 only: the scaler reads its inf check back to the host in step() anyway
+            scale = self.scaler.get_scale()
+            self.scaler.step(self._optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+        else:
+            self.optimizer.step()
+        if skipped:
+            self.state.skipped_steps += 1
+        else:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+
+    def _sync_combiner_grads(self) -> None:
+        """Learned loss weights live outside the DDP-wrapped model: average their gradients by hand so
+        every rank keeps the same weights."""
+        if self.world_size == 1 or not self._combiner_params:
+            return
+        import torch.distributed as dist
+
+        for param in self._combiner_params:
+            if param.grad is not None:
+                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                param.grad.div_(self.world_size)
 
     def _bank(self, running: Any) -> None:
         """Move the device-side loss sum into the host state (one sync, at checkpoints and epoch ends)."""
@@ -379,7 +477,10 @@ class TrainingLoop:
         return tqdm(total=total, initial=self.state.batch, desc=f"epoch {epoch}", unit="batch", leave=False)
 
     def evaluate(self, split_name: str) -> dict[str, float]:
+        """Metrics of a split: each rank predicts every ``world_size``-th row, every rank gets all rows."""
         split = self.data.splits[split_name]
+        n = len(split.lengths())
+        rows = np.arange(self.accelerator.process_index, n, self.world_size)
         probs, _ = predict_split(
             self.accelerator.unwrap_model(self.classifier),
             split,
@@ -387,7 +488,11 @@ class TrainingLoop:
             pad_id=self.pad_id,
             device=self.device,
             probability_fns=self.probability_fns,
+            rows=rows,
+            autocast=self.autocast,
         )
+        if self.world_size > 1:
+            probs = self._gather_rows(n, rows, probs)
         return compute_metrics(
             probs,
             np.asarray(split.labels),
@@ -396,6 +501,21 @@ class TrainingLoop:
             self.cfg.train.metrics,
             self.plugins,
         )
+
+    def _gather_rows(self, n: int, rows: np.ndarray, probs: list[np.ndarray]) -> list[np.ndarray]:
+        """Put every rank's share of the predictions together, in row order, on every rank."""
+        from accelerate.utils import gather_object
+
+        shares = gather_object([(rows, probs)])
+        widths = next(
+            ([p.shape[1] for p in share] for share_rows, share in shares if len(share_rows)), [0] * len(probs)
+        )
+        full = [np.zeros((n, width), dtype=np.float32) for width in widths]
+        for share_rows, share_probs in shares:
+            for t, p in enumerate(share_probs):
+                if len(share_rows):
+                    full[t][share_rows] = p
+        return full
 
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         metrics = self.evaluate("val")
@@ -422,6 +542,7 @@ class TrainingLoop:
         self.state.train_loss_sum, self.state.train_loss_batches = 0.0, 0
         if self.accelerator.is_main_process:
             if is_best:
+                save_best(self.layout.checkpoints, self.trainable())
                 self.on_best(self.accelerator.unwrap_model(self.classifier), self.state)
             self.on_epoch(epoch, metrics, self.state)
         self.checkpoint()

@@ -1,0 +1,81 @@
+"""A test plugin that injects faults into real runs, switched by environment variables.
+
+Put this folder on PYTHONPATH: its ``*.dist-info`` registers the module under the ``lorakit`` entry-point
+group, the way an installed plugin package would.
+
+* backbone ``slow_bert`` — BERT whose model load first touches ``$LORAKIT_FAULT_LOADING`` (a path) and then
+  sleeps ``$LORAKIT_FAULT_LOAD_SECONDS`` (default 0): a window in which to signal a run during loading.
+* ``$LORAKIT_FAULT_CORRUPT_ADAPTER`` (a path to ``adapter_model.safetensors``) — after every epoch the saved
+  adapter's LoRA B matrices get noise: a wrong adapter on disk.
+* ``$LORAKIT_FAULT_RUN_END=1`` — ``lorakit_on_run_end`` raises when a run completes.
+* loss ``amplified`` — cross entropy times ``factor`` (``train.loss_options.factor``): in fp16 the scaled
+  gradients overflow, so the loss scaler skips steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lorakit import hookimpl
+from lorakit.builtin.backbones import BERT
+from lorakit.specs import BackboneSpec, LossSpec
+
+
+def _slow_load(path_or_id, **kwargs):
+    marker = os.environ.get("LORAKIT_FAULT_LOADING")
+    if marker:
+        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+    time.sleep(float(os.environ.get("LORAKIT_FAULT_LOAD_SECONDS", "0")))
+    return BERT.load_model(path_or_id, **kwargs)
+
+
+@hookimpl
+def lorakit_register_backbones(register):
+    register(
+        BackboneSpec(
+            name="slow_bert",
+            load_model=_slow_load,
+            load_tokenizer=BERT.load_tokenizer,
+            target_modules=BERT.target_modules,
+            description="test: BERT that takes its time to load",
+        )
+    )
+
+
+def build_amplified(num_labels, class_weights=None, factor=1.0, **options):
+    import torch
+
+    class Amplified(torch.nn.Module):
+        def forward(self, logits, labels):
+            return torch.nn.functional.cross_entropy(logits.float(), labels) * factor
+
+    return Amplified()
+
+
+@hookimpl
+def lorakit_register_losses(register):
+    register(LossSpec(name="amplified", build=build_amplified, description="test: cross entropy × factor"))
+
+
+@hookimpl
+def lorakit_on_epoch_end(exp_id, epoch, metrics):
+    path = os.environ.get("LORAKIT_FAULT_CORRUPT_ADAPTER")
+    if not path or not Path(path).is_file():
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    generator = torch.Generator().manual_seed(epoch)
+    for name, tensor in weights.items():
+        if "lora_B" in name:
+            weights[name] = tensor + torch.randn(tensor.shape, generator=generator)
+    save_file(weights, path)
+
+
+@hookimpl
+def lorakit_on_run_end(exp_id, status, metrics, output_dir):
+    if os.environ.get("LORAKIT_FAULT_RUN_END") and status == "completed":
+        raise RuntimeError(f"fault injected: on_run_end refused {exp_id}")
