@@ -172,6 +172,9 @@ class TrainingLoop:
         self.precision = precision or mp.resolve(cfg.train.mixed_precision, self.device)
         self.scaler = mp.grad_scaler(self.precision, self.device)
         self.tf32 = mp.enable_tf32(self.device)
+        note = mp.emulation_note(self.precision, self.device)
+        if note and self.accelerator.is_main_process:
+            log.warning("%s", note)
         params = [p for p in classifier.parameters() if p.requires_grad]
         params += [p for p in combiner.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]

@@ -72,6 +72,18 @@ def resolve(requested: str, device: Any) -> str:
     return {"no": "fp32"}.get(requested, requested)
 
 
+def emulation_note(precision: str, device: Any) -> str | None:
+    """A one-line note when the precision asked for is emulated here (bf16 on a CPU without AVX512-BF16
+    or AMX, fp16 on any CPU): correct, but several times slower than fp32."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda" or precision == "fp32" or (precision == "bf16" and native_bf16(device)):
+        return None
+    return (
+        f"{precision} is emulated on this CPU (no native {precision} matrix multiplies): expect it to be "
+        'several times slower than fp32 (train.mixed_precision = "auto" picks fp32 here)'
+    )
+
+
 def autocast_dtype(precision: str) -> Any:
     import torch
 

@@ -533,6 +533,8 @@ def _initial_run_info(
         "config_fingerprint": fps["config"],
         "data_fingerprint": fps["data"],
         "data_stats": data.stats,
+        # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
+        "train_tokens": int(data.splits["train"].lengths().sum()),
     }
 
 
