@@ -66,9 +66,13 @@ def save_checkpoint(
     tmp.rename(final)
     for old in complete_checkpoints(checkpoints)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoints.glob(".tmp-*"):
-        if stale != tmp:
+    for stale in checkpoints.glob(".tmp-*"):  # left by a crash mid-write (folders, or a best-weights file)
+        if stale == tmp:
+            continue
+        if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     return final
 
 
