@@ -124,9 +124,22 @@ class ExecutorSpec:
     description: str = ""
 
 
+#: ``Device.compute_mode`` values, and how many jobs each lets the scheduler put on the device (None: any)
+COMPUTE_MODES: dict[str, int | None] = {"default": None, "exclusive_process": 1, "prohibited": 0}
+# A MIG slice's index is MIG_INDEX_BASE × (parent + 1) + slice: NVML indices stay below it.
+MIG_INDEX_BASE = 100
+
+
 @attrs.define(kw_only=True, frozen=True)
 class Device:
-    """One device of the inventory. Memory in MiB; ``kind`` is ``cuda`` or ``cpu``."""
+    """One device of the inventory. Memory in MiB; ``kind`` is ``cuda`` or ``cpu``.
+
+    ``index`` is the scheduler's handle: NVML's index for a whole GPU; for a MIG slice
+    :meth:`mig_index_of` ``(parent_index, mig_index)`` (GPU 0's slices are 100, 101, ...; GPU 1's 200, ...),
+    unique and stable while the GPU's MIG layout stays. ``uuid`` is what jobs get in
+    ``CUDA_VISIBLE_DEVICES`` (``GPU-...``, or ``MIG-...`` for a slice); a device without one gets its index.
+    ``compute_mode`` is ``default``, ``exclusive_process`` (one job at a time) or ``prohibited`` (none).
+    """
 
     index: int
     name: str
@@ -135,6 +148,32 @@ class Device:
     free_mb: int = 0
     used_mb: int = 0
     utilization: float | None = None
+    uuid: str | None = None
+    #: for a MIG slice: NVML's index of the GPU it is carved from, and its index among that GPU's slices
+    parent_index: int | None = None
+    mig_index: int | None = None
+    compute_mode: str = attrs.field(default="default", validator=attrs.validators.in_(COMPUTE_MODES))
+
+    @staticmethod
+    def mig_index_of(parent_index: int, mig_index: int) -> int:
+        """The scheduler's index of slice ``mig_index`` of GPU ``parent_index``."""
+        return MIG_INDEX_BASE * (parent_index + 1) + mig_index
+
+    @property
+    def is_mig(self) -> bool:
+        return self.parent_index is not None
+
+    @property
+    def label(self) -> str:
+        """How the queue shows it: ``GPU-0``, or ``GPU-0/MIG-1`` for slice 1 of GPU 0."""
+        if self.parent_index is None:
+            return f"GPU-{self.index}"
+        return f"GPU-{self.parent_index}/MIG-{self.mig_index}"
+
+    @property
+    def max_jobs(self) -> int | None:
+        """How many jobs the device takes at once (None: as many as fit)."""
+        return COMPUTE_MODES[self.compute_mode]
 
 
 SPEC_KINDS: dict[str, type] = {

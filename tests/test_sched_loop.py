@@ -60,12 +60,14 @@ class ScriptedExecutor:
         self.scripts = scripts
         self.on_start = on_start
         self.started: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
+        self.specs: list[Any] = []
         self.handles: dict[str, list[ScriptedHandle]] = {}
 
     def start(self, spec: Any) -> ScriptedHandle:
         ticks, code, log = self.scripts[spec.name].pop(0) if self.scripts.get(spec.name) else (2, 0, "")
         handle = ScriptedHandle(spec, ticks, code, log)
         self.started.append((spec.name, spec.argv, spec.devices))
+        self.specs.append(spec)
         self.handles.setdefault(spec.name, []).append(handle)
         if self.on_start:
             self.on_start(spec)
@@ -76,12 +78,16 @@ class ScriptedExecutor:
 
 
 class FakePool:
-    def __init__(self, sizes: dict[int, int], executor: ScriptedExecutor):
+    """GPUs given as {index: MiB}, or as Device objects (UUIDs, MIG slices, compute modes)."""
+
+    def __init__(self, sizes: dict[int, int] | list[Device], executor: ScriptedExecutor):
         self.sizes = sizes
         self.executor = executor
 
     @hookimpl(tryfirst=True)
     def lorakit_detect_devices(self):
+        if isinstance(self.sizes, list):
+            return self.sizes
         return [Device(index=i, name=f"fake{i}", total_mb=mb, free_mb=mb) for i, mb in self.sizes.items()]
 
     @hookimpl
@@ -89,9 +95,17 @@ class FakePool:
         register(ExecutorSpec(name="scripted", create=lambda: self.executor))
 
 
+@pytest.fixture(autouse=True)
+def no_cuda_visible(monkeypatch):
+    """The fake inventories are the whole machine: a CUDA_VISIBLE_DEVICES of the host must not cut them."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 @pytest.fixture
 def configs(tmp_path: Path):
-    def write(name: str, *, memory: int | None = None, priority: str = "medium", batch: int = 16) -> Path:
+    def write(
+        name: str, *, memory: int | None = None, priority: str = "medium", batch: int = 16, gpus: int = 1
+    ) -> Path:
         lines = [
             f'exp_id = "{name}"',
             "[data]",
@@ -103,6 +117,7 @@ def configs(tmp_path: Path):
             f"batch_size = {batch}",
             "[resources]",
             f'priority = "{priority}"',
+            f"gpus = {gpus}",
             *([f"memory_mb = {memory}"] if memory is not None else []),
         ]
         path = tmp_path / f"{name}.toml"
@@ -113,7 +128,7 @@ def configs(tmp_path: Path):
 
 
 def make_scheduler(
-    tmp_path: Path, gpus: dict[int, int], executor: ScriptedExecutor, **options: Any
+    tmp_path: Path, gpus: dict[int, int] | list[Device], executor: ScriptedExecutor, **options: Any
 ) -> tuple[Scheduler, io.StringIO]:
     pm = new_manager(load_entrypoints=False)
     load_builtins(pm)
@@ -301,3 +316,135 @@ def test_queue_and_cancel_commands(tmp_path, configs):
     assert cancelled.output.strip() == f"job {job.id} waiting: cancelled"
     rows = CliRunner().invoke(queue, ["--outputs", str(outputs), "--json"])
     assert [(r["job"], r["state"]) for r in json.loads(rows.output)] == [(job.id, "cancelled")]
+
+
+# ---- real-box inventories: exclusive-process GPUs, MIG slices, UUIDs, CUDA_VISIBLE_DEVICES --------------
+
+
+def gpu(index: int, mb: int = 8000, **fields: Any) -> Device:
+    return Device(index=index, name=f"fake{index}", total_mb=mb, free_mb=mb, **fields)
+
+
+def mig_slice(parent: int, mig: int, mb: int, uuid: str) -> Device:
+    index = Device.mig_index_of(parent, mig)
+    return Device(
+        index=index,
+        name=f"slice{parent}/{mig}",
+        total_mb=mb,
+        free_mb=mb,
+        uuid=uuid,
+        parent_index=parent,
+        mig_index=mig,
+    )
+
+
+def test_an_exclusive_process_gpu_takes_one_job(tmp_path, configs):
+    for name in "abc":
+        submit(tmp_path, configs(name, memory=1000))
+
+    def on_start(spec: Any) -> None:
+        on_gpu0 = [
+            h for hs in executor.handles.values() for h in hs if h.spec.devices == (0,) and h.result is None
+        ]
+        assert len(on_gpu0) <= 1, "a second job was packed on the exclusive-process GPU"
+
+    executor = ScriptedExecutor({name: [(4, 0, "")] for name in "abc"}, on_start=on_start)
+    pool = [gpu(0, compute_mode="exclusive_process"), gpu(1)]
+    scheduler, out = make_scheduler(tmp_path, pool, executor)
+    assert scheduler.run() == 0
+    # a (most room, lowest index) takes GPU 0 alone; b and c share GPU 1 although GPU 0 has room to spare
+    assert [(name, devices) for name, _argv, devices in executor.started] == [
+        ("a", (0,)),
+        ("b", (1,)),
+        ("c", (1,)),
+    ]
+    assert "0 (fake0, 8000 MiB, one job at a time)" in out.getvalue()
+
+
+def test_a_job_waits_for_the_exclusive_gpu_and_preempts_for_it(tmp_path, configs):
+    submit(tmp_path, configs("first", memory=1000, priority="low"))
+    submit(tmp_path, configs("second", memory=1000, priority="low"))
+    urgent = configs("urgent", memory=1000, priority="high")
+
+    submitted: list[Any] = []
+
+    def on_start(spec: Any) -> None:
+        if spec.name == "second" and not submitted:  # the high job arrives while the second one holds the GPU
+            submitted.append(submit(tmp_path, urgent))
+
+    executor = ScriptedExecutor(
+        {"first": [(3, 0, "")], "second": [(RUN_FOREVER, 0, ""), (2, 0, "")]}, on_start=on_start
+    )
+    scheduler, _ = make_scheduler(tmp_path, [gpu(0, compute_mode="exclusive_process")], executor)
+    assert scheduler.run() == 0
+    # memory would fit all three at once; the compute mode does not
+    assert [name for name, _a, _d in executor.started] == ["first", "second", "urgent", "second"]
+    assert executor.handles["first"][0].signals == []
+    assert executor.handles["second"][0].signals == [signal.SIGUSR1]
+    assert executor.handles["first"][0].polls >= 3  # second started only once first had ended
+
+
+def test_a_prohibited_gpu_takes_no_job(tmp_path, configs):
+    submit(tmp_path, configs("a", memory=1000))
+    executor = ScriptedExecutor({})
+    scheduler, out = make_scheduler(tmp_path, [gpu(0, compute_mode="prohibited"), gpu(1)], executor)
+    assert scheduler.run() == 0
+    assert executor.started[0][2] == (1,)
+    assert "GPUs 1 (fake1" in out.getvalue() and "GPUs 0" not in out.getvalue()
+
+
+def test_mig_slices_are_devices_with_their_own_memory(tmp_path, configs):
+    for name in ("a", "b", "c"):
+        submit(tmp_path, configs(name, memory=3000))
+    submit(tmp_path, configs("wide", memory=1000, gpus=2))
+    submit(tmp_path, configs("big", memory=5000))
+    executor = ScriptedExecutor({name: [(3, 0, "")] for name in "abc"})
+    pool = [mig_slice(0, 0, 4000, "MIG-aaa"), mig_slice(0, 1, 4000, "MIG-bbb")]
+    scheduler, _ = make_scheduler(tmp_path, pool, executor)
+    assert scheduler.run() == 0
+    # 3300 MiB reserved each: one job per 4000 MiB slice, the third waits for one of them
+    placed = [(name, devices) for name, _argv, devices in executor.started]
+    assert placed[:2] == [("a", (100,)), ("b", (101,))] and placed[2][0] == "c"
+    assert [spec.env["CUDA_VISIBLE_DEVICES"] for spec in executor.specs[:2]] == ["MIG-aaa", "MIG-bbb"]
+    jobs = {job.exp_id: job for job in JobQueue(tmp_path / "outputs").jobs()}
+    assert (jobs["a"].device, jobs["b"].device) == ("GPU-0/MIG-0", "GPU-0/MIG-1")
+    # a slice is no part of a job of several GPUs (one MIG device per process, no NCCL across slices)
+    assert jobs["wide"].state == "failed"
+    assert "needs 2 GPUs; the pool has 0 (MIG slices take one-GPU jobs only)" in jobs["wide"].note
+    assert jobs["big"].state == "failed" and "the largest GPU in the pool has 4000 MiB" in jobs["big"].note
+
+
+def test_jobs_get_uuids_and_an_index_only_without_one(tmp_path, configs):
+    submit(tmp_path, configs("pair", memory=5000, gpus=2))
+    submit(tmp_path, configs("plain", memory=5000))
+    executor = ScriptedExecutor({"pair": [(2, 0, "")]})
+    pool = [gpu(0, uuid="GPU-aaa"), gpu(1, uuid="GPU-bbb"), gpu(2)]
+    scheduler, _ = make_scheduler(tmp_path, pool, executor, gpu_pool=("GPU-a", "GPU-bbb", 2))
+    assert scheduler.run() == 0
+    envs = {spec.name: spec.env for spec in executor.specs}
+    assert envs["pair"]["CUDA_VISIBLE_DEVICES"] == "GPU-aaa,GPU-bbb"
+    assert envs["plain"]["CUDA_VISIBLE_DEVICES"] == "2"  # no UUID: NVML's index, in PCI order
+    assert envs["plain"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    log = tmp_path / "outputs" / "pair" / "scheduler.log"
+    side = tmp_path / "outputs" / ".scheduler-logs" / "job-1.log"
+    header = (log if log.is_file() else side).read_text(encoding="utf-8")
+    assert "on GPU-0,GPU-1 (CUDA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb)" in header
+
+
+@pytest.mark.parametrize(
+    ("cuda_visible", "expected"),
+    [("GPU-bbb", [(1,), (1,)]), ("1", [(1,), (1,)]), ("MIG-c", [(300,), (300,)]), ("", [(), ()])],
+)
+def test_the_scheduler_uses_only_what_cuda_visible_devices_leaves(
+    tmp_path, configs, monkeypatch, cuda_visible, expected
+):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda_visible)
+    for name in ("a", "b"):
+        submit(tmp_path, configs(name, memory=1000))
+    executor = ScriptedExecutor({})
+    pool = [gpu(0, uuid="GPU-aaa"), gpu(1, uuid="GPU-bbb"), mig_slice(2, 0, 4000, "MIG-ccc")]
+    scheduler, out = make_scheduler(tmp_path, pool, executor)
+    assert scheduler.run() == 0
+    assert [devices for _n, _a, devices in executor.started] == expected
+    if not cuda_visible:
+        assert "no GPU in the pool: CPU jobs" in out.getvalue()

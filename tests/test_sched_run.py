@@ -68,8 +68,10 @@ def project(tmp_path: Path, tiny_bert: Path):
 
 def env(gpus: str) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(FAKE_PLUGINS), os.environ.get("PYTHONPATH")]))
+    # the fake GPUs are the whole machine: the host's CUDA_VISIBLE_DEVICES must not cut them
+    base = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     # one thread per job: several jobs share this machine's few cores
-    return {**os.environ, "PYTHONPATH": path, "LORAKIT_FAKE_GPUS": gpus, "OMP_NUM_THREADS": "1"}
+    return {**base, "PYTHONPATH": path, "LORAKIT_FAKE_GPUS": gpus, "OMP_NUM_THREADS": "1"}
 
 
 def lorakit(*args: str, gpus: str, log: Path | None = None) -> subprocess.Popen:
@@ -135,7 +137,7 @@ def test_run_parallel_packs_by_estimate_survives_a_crash_and_retries_oom(project
         str(out),
         "--poll-interval",
         "0.1",
-        gpus="0:8000,1:8000",
+        gpus="0:8000:uuid=GPU-aaa,1:8000:uuid=GPU-bbb",
     )
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, stdout
@@ -161,9 +163,42 @@ def test_run_parallel_packs_by_estimate_survives_a_crash_and_retries_oom(project
     log = (out / "oom" / "scheduler.log").read_text(encoding="utf-8")
     assert "attempt 1" in log and "attempt 2" in log and "OutOfMemoryError" in log  # both attempts kept
     assert (out / "a" / "scheduler.log").is_file() and (out / "a" / "metrics.json").is_file()
+    # jobs name their GPU by UUID, not by index
+    uuid = {"GPU-0": "GPU-aaa", "GPU-1": "GPU-bbb"}[jobs["a"].device]
+    assert f"(CUDA_VISIBLE_DEVICES={uuid})" in (out / "a" / "scheduler.log").read_text(encoding="utf-8")
     summary = stdout.split("summary:")[1]
     assert all(name in summary for name in ("a", "b", "crash", "oom"))
     assert "1 of 4 job(s) failed" in stdout
+
+
+def test_the_scheduler_process_honours_cuda_visible_devices_and_uuid_pools(tmp_path):
+    gpus = "0:8000:uuid=GPU-aaa,1:8000:uuid=GPU-bbb:mode=exclusive_process"
+    cases = [
+        ({"CUDA_VISIBLE_DEVICES": "GPU-bbb"}, [], "GPUs 1 (Fake GPU 1, 8000 MiB, one job at a time)"),
+        ({"CUDA_VISIBLE_DEVICES": "1"}, [], "GPUs 1 (Fake GPU 1"),
+        ({"CUDA_VISIBLE_DEVICES": ""}, [], "no GPU in the pool: CPU jobs"),
+        ({}, ["--gpu-pool", "GPU-a"], "GPUs 0 (Fake GPU 0, 8000 MiB)"),
+    ]
+    for extra_env, options, says in cases:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lorakit",
+                "scheduler",
+                "--outputs",
+                str(tmp_path),
+                "--exit-when-done",
+                *options,
+            ],
+            env={**env(gpus), **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert says in done.stdout, (extra_env, options, done.stdout)
+        assert "GPUs 0" not in done.stdout or "GPU-a" in options
 
 
 def test_high_priority_preempts_low_then_sigint_leaves_everything_resumable(project, cli):

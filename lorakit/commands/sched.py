@@ -55,7 +55,8 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--gpu-pool",
         metavar="0,1",
         default=None,
-        help="GPU indices jobs may use (default: every GPU found; 'cpu': none).",
+        help="GPUs jobs may use, by index or UUID (prefix) as `lorakit devices` lists them "
+        "(default: every GPU found; 'cpu': none).",
     )(func)
 
 
@@ -89,20 +90,21 @@ def _scheduler(
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def devices(as_json: bool) -> None:
-    """List the GPUs the device plugins report (an empty list: jobs run on CPU)."""
+    """List the GPUs jobs may use, CUDA_VISIBLE_DEVICES applied (an empty list: jobs run on CPU)."""
+    import os
+
     import attrs
 
     from ..plugins import get_plugins
+    from ..scheduling.inventory import CVD, detect_gpus, visible_devices
 
-    found = get_plugins().detect_devices()
+    every = detect_gpus(get_plugins(), environ={})
+    found = visible_devices(every, os.environ.get(CVD))
     if as_json:
         click.echo(json.dumps([attrs.asdict(d) for d in found], indent=2))
         return
     if not found:
-        from ..builtin.devices import probe_nvml
-
-        reason = probe_nvml()[1]
-        click.echo("no GPU found: jobs run on CPU" + (f" ({reason})" if reason else ""))
+        click.echo("no GPU found: jobs run on CPU" + _no_gpu_reason(bool(every), os.environ.get(CVD)))
         return
     from tabulate import tabulate
 
@@ -110,7 +112,9 @@ def devices(as_json: bool) -> None:
         [
             d.index,
             d.name,
-            d.kind,
+            d.uuid or "",
+            "" if d.parent_index is None else f"{d.parent_index}/{d.mig_index}",
+            d.compute_mode,
             d.total_mb,
             d.used_mb,
             d.free_mb,
@@ -118,8 +122,17 @@ def devices(as_json: bool) -> None:
         ]
         for d in found
     ]
-    headers = ["index", "name", "kind", "total MiB", "used MiB", "free MiB", "util %"]
+    headers = ["index", "name", "uuid", "MIG", "mode", "total MiB", "used MiB", "free MiB", "util %"]
     click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
+
+
+def _no_gpu_reason(hidden: bool, cuda_visible: str | None) -> str:
+    if hidden:
+        return f" (CUDA_VISIBLE_DEVICES={cuda_visible!r} hides every GPU)"
+    from ..builtin.devices import probe_nvml
+
+    reason = probe_nvml()[1]
+    return f" ({reason})" if reason else ""
 
 
 @click.command()

@@ -2,22 +2,25 @@
 
 The formula, per GPU (MiB = 2**20 bytes):
 
-* **frozen weights**: every encoder parameter × 4 bytes. Accelerate's mixed precision (fp16/bf16) is
-  autocast: it computes in half precision but keeps the loaded weights in fp32, and the trainer loads
-  them in fp32. The parameters are counted from the model's Hugging Face config on PyTorch's ``meta``
+* **frozen weights**: every encoder parameter × 4 bytes. Mixed precision (fp16/bf16) is autocast: it
+  computes in half precision but keeps the loaded weights in fp32, and the trainer loads them in fp32.
+  The parameters are counted from the model's Hugging Face config on PyTorch's ``meta``
   device: no weights are read or allocated.
 * **LoRA + heads**: trainable parameters × 16 bytes: fp32 weights, gradients, and AdamW's two moments.
 * **activations**: batch × max_len × hidden × layers × the backbone's ``activation_factor`` bytes
   (:class:`lorakit.specs.BackboneSpec`; 34 for BERT: the per-token, per-layer activations a transformer
   layer keeps for its backward pass, in units of hidden size; the attention score matrices are folded
-  into the constant at typical max_len). Halved under fp16/bf16 autocast.
+  into the constant at typical max_len). Halved under fp16/bf16 autocast (``train.mixed_precision``;
+  ``auto`` counts as bf16, see :func:`job_precision`).
 * **CUDA context**: 500 MiB (:data:`CUDA_CONTEXT_MB`), what the driver and kernels take before the first
   tensor; ``torch.cuda.max_memory_reserved`` does not count it, NVML does.
 
 Calibration: every run records ``peak_memory_mb`` (allocated) and ``peak_reserved_mb`` in its
-``env_info.json`` (and ``run.json``). When completed runs **on a GPU** exist for the same model, batch
-size, max_len and LoRA rank, the estimate is their largest reserved peak plus the CUDA context, and says
-so. CPU runs record the process's resident memory instead and are never used.
+``env_info.json`` and ``run.json`` (a run of several GPUs: the largest over its ranks, and each rank's in
+``peak_reserved_mb_per_rank``). When completed runs **on a GPU** exist with the same
+:class:`CalibrationKey` (model, batch size, max_len, the tuning method and its rank, precision, number of
+GPUs, number of heads), the estimate is the largest reserved peak of any of their ranks plus the CUDA
+context, and says so. CPU runs record the process's resident memory instead and are never used.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ HALF_PRECISION_ACTIVATIONS = 0.5
 
 @attrs.define(kw_only=True, frozen=True)
 class Calibration:
-    """Measured peaks of earlier GPU runs with the same model, batch, max_len and rank."""
+    """Measured peaks of earlier GPU runs with the same :class:`CalibrationKey`."""
 
     runs: tuple[str, ...]
     max_reserved_mb: float
@@ -69,6 +72,7 @@ class MemoryEstimate:
     trainable_params: int | None = None
     formula_mb: int | None = None
     calibration: Calibration | None = None
+    precision: str = "fp32"  # what a GPU job of the config trains in (job_precision)
 
     def summary(self) -> str:
         """One line: the figure and where it comes from."""
@@ -81,7 +85,10 @@ class MemoryEstimate:
                 f"{self.calibration.max_reserved_mb:.0f} MiB + CUDA context {CUDA_CONTEXT_MB} MiB; "
                 f"formula: {self.formula_mb} MiB)"
             )
-        return f"{self.total_mb} MiB (formula; no GPU run of this model, batch, max_len and rank yet)"
+        return (
+            f"{self.total_mb} MiB (formula; no completed GPU run with this model, batch, max_len, method, "
+            "rank, precision, GPU count and heads yet)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
@@ -91,9 +98,68 @@ class MemoryEstimate:
         return data
 
 
-def calibration_key(cfg: ExperimentConfig) -> tuple[str, int, int, int]:
-    """What makes two runs comparable for memory: model, batch size, max_len, LoRA rank."""
-    return (cfg.model.arch, cfg.train.batch_size, cfg.data.max_len, _rank(cfg))
+def job_precision(requested: str) -> str:
+    """The precision (``fp32 | bf16 | fp16``) a GPU job trains in for ``train.mixed_precision = requested``.
+
+    ``auto`` is bf16 here: the trainer picks bf16 on a GPU that supports it (every GPU since Ampere) and
+    fp32 on older ones, where this estimate is low (set ``train.mixed_precision = "no"`` there).
+    """
+    return {"no": "fp32", "auto": "bf16"}.get(requested, requested)
+
+
+@attrs.define(kw_only=True, frozen=True)
+class CalibrationKey:
+    """What makes two runs comparable for memory. ``rank`` is the tuning method's (None: it has none)."""
+
+    model: str
+    batch_size: int
+    max_len: int
+    rank: int | None
+    method: str
+    precision: str
+    world_size: int
+    heads: int
+
+
+def calibration_key(cfg: ExperimentConfig) -> CalibrationKey:
+    """The key of ``cfg``'s run: model, batch, max_len, rank, method, precision, GPUs, heads."""
+    table = getattr(cfg.model, cfg.model.method, None)
+    rank = getattr(table, "rank", None)
+    return CalibrationKey(
+        model=cfg.model.arch,
+        batch_size=cfg.train.batch_size,
+        max_len=cfg.data.max_len,
+        rank=None if rank is None else int(rank),
+        method=cfg.model.method,
+        precision=job_precision(cfg.train.mixed_precision),
+        world_size=max(1, cfg.resources.gpus),
+        heads=len(cfg.task_columns),
+    )
+
+
+def recorded_key(run: dict[str, Any]) -> CalibrationKey | None:
+    """The key a run.json records (None: too old or damaged to say). Missing fields take the values
+    runs had before they were recorded: lora, fp32, one process."""
+    params = run.get("key_params")
+    tasks = run.get("tasks")
+    if not isinstance(params, dict) or not isinstance(tasks, dict):
+        return None
+    method = params.get("method", "lora")
+    # runs record model.lora.rank as lora_rank whatever the method: it is the method's rank for lora only
+    rank = params["rank"] if "rank" in params else params.get("lora_rank") if method == "lora" else None
+    try:
+        return CalibrationKey(
+            model=params["model"],
+            batch_size=params["batch_size"],
+            max_len=params["max_len"],
+            rank=rank,
+            method=method,
+            precision=run.get("precision") or "fp32",
+            world_size=run.get("world_size") or 1,
+            heads=len(tasks),
+        )
+    except KeyError:
+        return None
 
 
 def _rank(cfg: ExperimentConfig) -> int:
@@ -101,35 +167,44 @@ def _rank(cfg: ExperimentConfig) -> int:
     return int(getattr(table, "rank", cfg.model.lora.rank))
 
 
-def find_calibration(outputs: str | Path, key: tuple[str, int, int, int]) -> Calibration | None:
+def find_calibration(outputs: str | Path, key: CalibrationKey) -> Calibration | None:
     """Completed GPU runs under ``outputs`` matching ``key``, read from their run.json and env_info.json."""
     root = Path(outputs)
-    runs: list[tuple[str, float]] = []
     if not root.is_dir():
         return None
-    for env_path in sorted(root.glob("*/env_info.json")):
-        try:
-            env = json.loads(env_path.read_text(encoding="utf-8"))
-            run = json.loads((env_path.parent / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not (isinstance(env, dict) and isinstance(run, dict)) or run.get("status") != "completed":
-            continue
-        if not str(env.get("device", "")).startswith("GPU"):
+    runs: list[tuple[str, float]] = []
+    for run_path in sorted(root.glob("*/run.json")):
+        run = _read_dict(run_path)
+        env = _read_dict(run_path.parent / "env_info.json") or {}
+        if run is None or run.get("status") != "completed" or not _on_gpu(run, env):
             continue  # CPU runs record resident memory, not GPU memory
-        reserved = env.get("peak_reserved_mb", run.get("peak_reserved_mb"))
-        params = run.get("key_params") or {}
-        found = (
-            params.get("model"),
-            params.get("batch_size"),
-            params.get("max_len"),
-            params.get("lora_rank"),
-        )
-        if isinstance(reserved, (int, float)) and found == key:
-            runs.append((env_path.parent.name, float(reserved)))
+        peak = peak_reserved_mb(run, env)
+        if peak is not None and recorded_key(run) == key:
+            runs.append((run_path.parent.name, peak))
     if not runs:
         return None
     return Calibration(runs=tuple(name for name, _ in runs), max_reserved_mb=max(v for _, v in runs))
+
+
+def peak_reserved_mb(run: dict[str, Any], env: dict[str, Any]) -> float | None:
+    """The run's reserved peak on its busiest GPU: the largest over every rank's figure it recorded."""
+    per_rank = run.get("peak_reserved_mb_per_rank")
+    figures = [run.get("peak_reserved_mb"), env.get("peak_reserved_mb")]
+    figures += per_rank if isinstance(per_rank, list) else []
+    numbers = [float(v) for v in figures if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if numbers else None
+
+
+def _on_gpu(run: dict[str, Any], env: dict[str, Any]) -> bool:
+    return any(str(where or "").startswith("GPU") for where in (env.get("device"), run.get("device_used")))
+
+
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def estimate_memory(
@@ -145,7 +220,12 @@ def estimate_memory(
     runs under ``outputs``; else the formula. The formula's parts are computed in every case but the first.
     """
     if use_config and cfg.resources.memory_mb is not None:
-        return MemoryEstimate(exp_id=cfg.exp_id, total_mb=cfg.resources.memory_mb, source="config")
+        return MemoryEstimate(
+            exp_id=cfg.exp_id,
+            total_mb=cfg.resources.memory_mb,
+            source="config",
+            precision=job_precision(cfg.train.mixed_precision),
+        )
     formula = formula_estimate(cfg, plugins)
     calibration = find_calibration(outputs, calibration_key(cfg)) if outputs is not None else None
     if calibration is None:
@@ -161,7 +241,8 @@ def estimate_memory(
 def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
     """The formula of the module docstring, from the model's config alone."""
     counts = count_parameters(cfg, plugins)
-    half = cfg.train.mixed_precision in ("fp16", "bf16")
+    precision = job_precision(cfg.train.mixed_precision)
+    half = precision in ("fp16", "bf16")
     factor = counts["activation_factor"] * (HALF_PRECISION_ACTIVATIONS if half else 1.0)
     batch, max_len = cfg.train.batch_size, cfg.data.max_len
     hidden, layers = counts["hidden"], counts["layers"]
@@ -171,13 +252,14 @@ def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
         "activations": batch * max_len * hidden * layers * factor / MIB,
         "cuda_context": float(CUDA_CONTEXT_MB),
     }
-    precision = "fp32" if not half else f"fp32 weights, {cfg.train.mixed_precision} autocast"
+    weights = "fp32" if not half else f"fp32 weights, {precision} autocast"
+    halved = f" × {HALF_PRECISION_ACTIVATIONS:g} ({precision} autocast)" if half else ""
     details = {
-        "frozen_weights": f"{counts['params']:,} params × {WEIGHT_BYTES} bytes ({precision})",
+        "frozen_weights": f"{counts['params']:,} params × {WEIGHT_BYTES} bytes ({weights})",
         "trainable": f"{counts['trainable']:,} LoRA + head params × {TRAINABLE_BYTES} bytes "
         "(fp32 weights, grads, AdamW m and v)",
         "activations": f"batch {batch} × max_len {max_len} × hidden {hidden} × {layers} layers × "
-        f"{factor:g} bytes ({counts['backbone']})",
+        f"{counts['activation_factor']:g} bytes{halved} ({counts['backbone']})",
         "cuda_context": "constant (driver, kernels)",
     }
     total = math.ceil(sum(parts.values()))
@@ -190,6 +272,7 @@ def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
         params=counts["params"],
         trainable_params=counts["trainable"],
         formula_mb=total,
+        precision=precision,
     )
 
 

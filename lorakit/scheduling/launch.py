@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,19 @@ def job_command(job: Job, outputs: Path, flags: list[str]) -> tuple[str, ...]:
     return (sys.executable, "-m", "lorakit", *train)
 
 
-def job_env(devices: tuple[int, ...], job: Job) -> dict[str, str]:
-    """What a job's process gets on top of the scheduler's environment."""
+def job_env(
+    devices: tuple[int, ...], job: Job, uuids: Mapping[int, str | None] | None = None
+) -> dict[str, str]:
+    """What a job's process gets on top of the scheduler's environment.
+
+    ``uuids`` maps the scheduler's device indices to the devices' UUIDs; a device without one is named by
+    its index.
+    """
+    names = uuids or {}
     return {
-        # CPU jobs see no GPU at all; GPU jobs see theirs, numbered as NVML numbers them (PCI order)
-        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in devices),
+        # UUIDs name the same device whatever CUDA's enumeration order, and are the only way to name a
+        # MIG slice; a bare index is NVML's (PCI order), hence CUDA_DEVICE_ORDER. CPU jobs see no GPU.
+        "CUDA_VISIBLE_DEVICES": ",".join(names.get(i) or str(i) for i in devices),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "LORAKIT_NO_PROGRESS": "1",  # a log file is no place for progress bars
         "LORAKIT_JOB_ID": str(job.id),

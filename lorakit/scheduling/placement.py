@@ -4,7 +4,9 @@ A job needs its estimate plus a margin on each of its GPUs. A GPU's room is what
 minus what the scheduler has promised to jobs it started recently (their memory does not show in NVML
 yet: a fresh process spends seconds importing and loading before it allocates), and never more than the
 GPU's total minus everything promised to the scheduler's running jobs. Several jobs share a GPU when
-they fit. Among the GPUs that fit, the one with the most room wins, so jobs spread before they stack.
+they fit, unless its compute mode allows one process only (``max_jobs``). Among the GPUs that fit, the one
+with the most room wins, so jobs spread before they stack. A job of several GPUs never goes to MIG slices:
+a CUDA process sees one MIG device at most, and NCCL cannot join them.
 
 Preemption: a job that does not fit may take the room of running jobs of *strictly lower* priority; the
 victims are the lowest-priority, most recently started jobs (least work to redo), as few as possible.
@@ -36,11 +38,17 @@ def reservation_mb(estimate_mb: int) -> int:
 
 @attrs.define(kw_only=True, frozen=True)
 class GpuState:
-    """One GPU of the pool as NVML (or a device plugin) sees it now. Memory in MiB."""
+    """One GPU (or MIG slice) of the pool as NVML (or a device plugin) sees it now. Memory in MiB."""
 
     index: int
     total_mb: int
     free_mb: int
+    #: jobs it takes at once (1 in EXCLUSIVE_PROCESS compute mode); None: as many as fit
+    max_jobs: int | None = None
+    mig: bool = False
+    #: what the job's CUDA_VISIBLE_DEVICES names it by (None: its index) and how the queue shows it
+    uuid: str | None = None
+    label: str = ""
 
 
 @attrs.define(kw_only=True, frozen=True)
@@ -70,11 +78,18 @@ def available_mb(
     ours = [job for job in running if gpu.index in job.devices]
     kept = [job for job in ours if job.job_id not in gone]
     left = [job for job in ours if job.job_id in gone]
+    if gpu.max_jobs is not None and len(kept) >= gpu.max_jobs:
+        return 0  # no room for another process, whatever the memory (a reservation is never 0)
     recent = sum(job.reserved_mb for job in kept if now - job.started_at < settle_s)
     # a settled job that leaves gives back what NVML counts for it (its reservation, near enough)
     returned = sum(job.reserved_mb for job in left if now - job.started_at >= settle_s)
     promised = sum(job.reserved_mb for job in kept)
     return min(gpu.free_mb + returned - recent, gpu.total_mb - promised)
+
+
+def eligible(gpus: Sequence[GpuState], gpus_needed: int) -> list[GpuState]:
+    """The GPUs a job of ``gpus_needed`` GPUs may go to: MIG slices take one-GPU jobs only."""
+    return list(gpus) if gpus_needed <= 1 else [gpu for gpu in gpus if not gpu.mig]
 
 
 def place(
@@ -87,7 +102,9 @@ def place(
     settle_s: float = SETTLE_S,
 ) -> tuple[int, ...] | None:
     """The GPUs (indices, ascending) for a job needing ``need_mb`` on each of ``gpus_needed`` GPUs, or None."""
-    room = {g.index: available_mb(g, running, now=now, settle_s=settle_s) for g in gpus}
+    room = {
+        g.index: available_mb(g, running, now=now, settle_s=settle_s) for g in eligible(gpus, gpus_needed)
+    }
     fitting = sorted((i for i in room if room[i] >= need_mb), key=lambda i: (-room[i], i))
     if len(fitting) < gpus_needed:
         return None
@@ -116,7 +133,7 @@ def plan_preemption(
     """
     yielding = frozenset(job.job_id for job in running if job.yielding)
     options: list[tuple[tuple[int, int, int], int, list[int]]] = []
-    for gpu in gpus:
+    for gpu in eligible(gpus, gpus_needed):
         gone = set(yielding)
         victims: list[int] = []
         candidates = _victim_order(

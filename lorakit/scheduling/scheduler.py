@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ from .inventory import detect_gpus, pool_states
 from .launch import job_command, job_env, move_log_to_folder, side_log, start_flags
 from .lock import SchedulerLock
 from .outcome import classify, record_run_notes
-from .placement import RunningJob, place, plan_preemption, plan_slot_preemption, reservation_mb
+from .placement import (
+    GpuState,
+    RunningJob,
+    eligible,
+    place,
+    plan_preemption,
+    plan_slot_preemption,
+    reservation_mb,
+)
 from .queue import ACTIVE_STATES, PENDING_STATES, Job, JobQueue, QueueError
 from .recover import preempt_signal, recover_orphans
 
@@ -72,7 +81,7 @@ class Scheduler:
         plugins: Plugins | None = None,
         executor: str = "local",
         executor_options: dict[str, Any] | None = None,
-        gpu_pool: tuple[int, ...] | None = None,
+        gpu_pool: tuple[int | str, ...] | None = None,
         max_parallel: int | None = None,
         exit_when_done: bool = False,
         poll_s: float = 1.0,
@@ -158,7 +167,10 @@ class Scheduler:
             where = f"no GPU in the pool: CPU jobs, {self.slot_cap} at a time"
         else:
             names = {d.index: d.name for d in gpus}
-            where = "GPUs " + ", ".join(f"{s.index} ({names[s.index]}, {s.total_mb} MiB)" for s in states)
+            one = {s.index: ", one job at a time" if s.max_jobs == 1 else "" for s in states}
+            where = "GPUs " + ", ".join(
+                f"{s.index} ({names[s.index]}, {s.total_mb} MiB{one[s.index]})" for s in states
+            )
             if self.max_parallel:
                 where += f", at most {self.max_parallel} jobs"
         self.board.event(f"scheduler for {self.outputs} (pid {os.getpid()}): {where}")
@@ -207,20 +219,20 @@ class Scheduler:
                 self.board.event(f"cannot place jobs: {exc}")
             return
         self._inventory_problem = None
-        totals = sorted((g.total_mb for g in gpus), reverse=True)
         for job in pending:
             estimate = self._estimate(job)
             if estimate is None:
                 continue
             need = reservation_mb(estimate)
+            totals = sorted((g.total_mb for g in eligible(gpus, job.gpus)), reverse=True)
             if job.gpus > len(totals) or need > totals[job.gpus - 1]:
-                self._fail_unplaceable(job, need, totals)
+                self._fail_unplaceable(job, need, totals, mig=any(g.mig for g in gpus))
                 continue
             now = time.time()
             full = self.max_parallel is not None and len(self.active) >= self.max_parallel
             devices = None if full else place(need, job.gpus, gpus, self._views(), now=now)
             if devices is not None:
-                self._start(job, devices, need)
+                self._start(job, devices, need, gpus)
                 continue
             victims = plan_preemption(job.rank, need, job.gpus, gpus, self._views(), now=now)
             if full and victims == [] and self.max_parallel is not None:
@@ -250,9 +262,10 @@ class Scheduler:
         self.board.event(f"job {job.id} {job.exp_id}: estimated {estimate.summary()}")
         return estimate.total_mb
 
-    def _fail_unplaceable(self, job: Job, need: int, totals: list[int]) -> None:
+    def _fail_unplaceable(self, job: Job, need: int, totals: list[int], *, mig: bool = False) -> None:
         if job.gpus > len(totals):
             why = f"needs {job.gpus} GPUs; the pool has {len(totals)}"
+            why += " (MIG slices take one-GPU jobs only)" if mig else ""
         else:
             why = f"needs {need} MiB per GPU (estimate + margin); the largest GPU in the pool has {totals[0]} MiB"
         self._end_without_running(job, "failed", why + " (set resources.memory_mb to override the estimate)")
@@ -266,12 +279,14 @@ class Scheduler:
         self.seen.add(job.id)
         self.board.event(f"job {job.id} {job.exp_id}: {state}: {note}")
 
-    def _start(self, job: Job, devices: tuple[int, ...], need: int) -> None:
+    def _start(self, job: Job, devices: tuple[int, ...], need: int, gpus: Sequence[GpuState] = ()) -> None:
         flags = start_flags(job, self.outputs)
         if flags is None:
             self._end_without_running(job, "done", "its folder already holds the completed run")
             return
-        label = ",".join(f"GPU-{i}" for i in devices) if devices else "cpu"
+        labels = {gpu.index: gpu.label for gpu in gpus if gpu.label}
+        label = ",".join(labels.get(i, f"GPU-{i}") for i in devices) or "cpu"
+        env = job_env(devices, job, {gpu.index: gpu.uuid for gpu in gpus})
         log = side_log(self.outputs, job)
         argv = job_command(job, self.outputs, flags)
         now = time.time()
@@ -290,13 +305,14 @@ class Scheduler:
         except QueueError:
             return  # cancelled between the read and now
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"=== lorakit scheduler: job {job.id} attempt {job.attempts} on {label}\n")
+            fh.write(f"=== lorakit scheduler: job {job.id} attempt {job.attempts} on {label}")
+            fh.write(f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})\n" if devices else "\n")
             fh.write(f"=== {shlex.join(argv)}\n")
         spec = LaunchSpec(
             job_id=job.id,
             name=job.exp_id,
             argv=argv,
-            env=job_env(devices, job),
+            env=env,
             cwd=None,
             log_path=str(log),
             devices=devices,

@@ -516,6 +516,8 @@ def _initial_run_info(
             "method": cfg.model.method,
             "lora_rank": cfg.model.lora.rank,
             "lora_alpha": cfg.model.lora.alpha,
+            # the tuning method's own rank (dora's, say), when its options table has one
+            **({"rank": _method_rank(cfg)} if _method_rank(cfg) is not None else {}),
             "lr": cfg.train.lr,
             "batch_size": cfg.train.batch_size,
             "epochs": cfg.train.epochs,
@@ -536,6 +538,11 @@ def _initial_run_info(
         # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
         "train_tokens": int(data.splits["train"].lengths().sum()),
     }
+
+
+def _method_rank(cfg: ExperimentConfig) -> int | None:
+    rank = getattr(getattr(cfg.model, cfg.model.method, None), "rank", None)
+    return int(rank) if isinstance(rank, int) else None
 
 
 def _finish(

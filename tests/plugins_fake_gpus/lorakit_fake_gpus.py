@@ -4,6 +4,12 @@ Put this folder on PYTHONPATH: its ``*.dist-info`` registers the module under th
 group, the way an installed plugin package would.
 
 * ``LORAKIT_FAKE_GPUS="0:8000,1:8000"`` — GPU index: total MiB (all free). Unset: the next plugin answers.
+  Each comma-separated entry is ``INDEX:TOTAL`` followed by any of ``:uuid=ID`` (``GPU-...`` or
+  ``MIG-...``; none by default, so jobs get bare indices), ``:mode=MODE`` (``default``,
+  ``exclusive_process``, ``prohibited``), ``:free=MiB`` (default: all free). ``INDEX`` ``P/S`` is MIG slice
+  ``S`` of GPU ``P``: list its slices and not the GPU itself, as NVML's probe does. Example:
+  ``0:8000:uuid=GPU-aaa:mode=exclusive_process,1/0:4000:uuid=MIG-bbb,1/1:4000:uuid=MIG-ccc``.
+  ``CUDA_VISIBLE_DEVICES`` is not applied here: the core applies it to whatever device plugins report.
 * loss ``fake_oom`` — cross entropy that raises ``torch.cuda.OutOfMemoryError`` while training on a batch
   of more than ``max_batch`` rows (``train.loss_options.max_batch``).
 """
@@ -21,20 +27,33 @@ def lorakit_detect_devices():
     spec = os.environ.get("LORAKIT_FAKE_GPUS")
     if spec is None:
         return None
-    devices = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        index, _, total = part.partition(":")
-        devices.append(
-            Device(
-                index=int(index),
-                name=f"Fake GPU {index}",
-                total_mb=int(total),
-                free_mb=int(total),
-                used_mb=0,
-                utilization=0.0,
-            )
-        )
-    return devices
+    return [fake_device(part) for part in filter(None, (p.strip() for p in spec.split(",")))]
+
+
+def fake_device(entry: str) -> Device:
+    """One ``INDEX:TOTAL[:key=value...]`` entry (see the module docstring)."""
+    index, total, *options = entry.split(":")
+    extra = dict(option.split("=", 1) for option in options)
+    parent, slash, mig = index.partition("/")
+    where = (
+        {"index": int(index)}
+        if not slash
+        else {
+            "index": Device.mig_index_of(int(parent), int(mig)),
+            "parent_index": int(parent),
+            "mig_index": int(mig),
+        }
+    )
+    return Device(
+        **where,
+        name=f"Fake GPU {index}" if not slash else f"Fake GPU {parent} MIG {mig}",
+        total_mb=int(total),
+        free_mb=int(extra.get("free", total)),
+        used_mb=int(total) - int(extra.get("free", total)),
+        utilization=0.0,
+        uuid=extra.get("uuid"),
+        compute_mode=extra.get("mode", "default"),
+    )
 
 
 def build_fake_oom(num_labels, max_batch=8, **options):
