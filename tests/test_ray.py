@@ -52,3 +52,40 @@ def test_ray_missing_names_the_extra(tmp_path: Path):
     assert result.returncode != 0
     assert "pip install 'lorakit[ray]'" in result.stderr
     assert ray_executor.RAY.places_jobs and issubclass(PluginError, Exception)
+
+
+DEAD_ACTOR = """
+import json, os, signal, sys, time
+from lorakit.builtin.ray_executor import RayExecutor
+from lorakit.proctree import wait_gone
+from lorakit.scheduling.executor import LaunchSpec
+
+executor = RayExecutor(num_cpus=1)
+spec = LaunchSpec(job_id=1, name="sleeper", argv=("sh", "-c", "sleep 120"), env={}, cwd=None,
+                  log_path=sys.argv[1])
+handle = executor.start(spec)
+while handle.poll() is None and not handle._started():
+    time.sleep(0.1)
+import ray
+job_pid = ray.get(handle._actor.pid.remote())
+ray.kill(handle._actor)  # the actor dies as with a lost node
+handle.signal(signal.SIGUSR1)  # must not raise
+code = handle.wait(timeout=30)
+print(json.dumps({"code": code, "left": wait_gone([job_pid], timeout=15), "capacity": executor.capacity()}))
+executor.close()
+"""
+
+
+def test_a_dead_ray_actor_fails_its_job_without_crashing_or_leaving_it_running(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-c", DEAD_ACTOR, str(tmp_path / "job.log")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_DISABLE_USAGE_STATS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == -9  # reported like a killed process: the scheduler records a failure
+    assert report["left"] == []  # the job's process died with its actor
+    assert report["capacity"] == 1

@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 from ..hookspecs import hookimpl
+from ..proctree import kill_tree
 from ..specs import ExecutorSpec
 
 
@@ -36,8 +37,8 @@ class LocalHandle:
             return
         try:
             if signum == signals.SIGKILL:
-                # the job leads its own process group: a multi-process job (torchrun's ranks) dies whole
-                os.killpg(self._process.pid, signum)
+                # the whole tree: torchrun and its ranks start sessions of their own, killpg misses them
+                kill_tree(self._process.pid, signum)
             else:
                 # the job's own process decides what its children hear (torchrun forwards SIGTERM)
                 self._process.send_signal(signum)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import PluginError
 from ..hookspecs import hookimpl
+from ..proctree import die_with_parent, kill_tree
 from ..specs import ExecutorSpec
 
 
@@ -47,6 +48,8 @@ class _JobProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # a dead actor (ray.kill, a lost worker) takes its job with it: nothing trains unowned
+            preexec_fn=die_with_parent,
         )
         log.close()
 
@@ -57,7 +60,11 @@ class _JobProcess:
         return self.process.poll()
 
     def signal(self, signum: int) -> None:
-        if self.process.poll() is None:
+        if self.process.poll() is not None:
+            return
+        if signum == signals.SIGKILL:
+            kill_tree(self.process.pid, signum)  # torchrun's ranks too, whatever their sessions
+        else:
             self.process.send_signal(signum)
 
 
@@ -100,7 +107,10 @@ class RayHandle:
             self._ray.kill(self._actor)
             self._code = -signals.SIGKILL if signum == signals.SIGKILL else 75
             return
-        self._ray.get(self._actor.signal.remote(signum))
+        try:
+            self._ray.get(self._actor.signal.remote(signum))
+        except Exception:  # the actor died (ray.kill, its node lost): so did its job; poll() reports it
+            self._code = -signals.SIGKILL
 
     def wait(self, timeout: float | None = None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -136,8 +146,14 @@ class RayExecutor:
         self._actor_class = ray.remote(_JobProcess)
 
     def capacity(self) -> int:
-        """Jobs the cluster can run at once (one CPU each): the scheduler keeps this many outstanding."""
-        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        """Jobs the cluster can run at once: the scheduler keeps this many outstanding. One CPU each, and
+        on a cluster with GPUs, ``gpus_per_job`` GPUs (default 1) each: GPUs are what runs out first."""
+        resources = self._ray.cluster_resources()
+        jobs = int(resources.get("CPU", 1))
+        gpus = resources.get("GPU", 0)
+        if gpus:
+            jobs = min(jobs, int(gpus // max(self._gpus_per_job or 1, 1)))
+        return max(1, jobs)
 
     def start(self, spec: Any) -> RayHandle:
         gpus = self._gpus_per_job if self._gpus_per_job is not None else getattr(spec, "gpus", 1)

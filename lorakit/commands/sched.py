@@ -264,10 +264,13 @@ def cancel(job_id: int, outputs: str | None) -> None:
     if scheduler_running(root):
         click.echo(f"job {job.id} {job.exp_id}: running; the scheduler asks it to checkpoint and stop")
         return
-    # no scheduler: the row is stale; stop the process ourselves if it still runs
-    if job.pid:
+    # no scheduler: the row is stale; stop the process ourselves if it still runs, and only if that pid
+    # still is a lorakit process (a pid is reused: never signal a stranger)
+    from ..scheduling.recover import is_training_process
+
+    if job.pid and is_training_process(job.pid):
         try:
-            os.kill(job.pid, signal.SIGTERM)
+            os.kill(job.pid, signal.SIGTERM)  # the job checkpoints; `train --nproc` forwards it to its ranks
         except OSError:
             pass
     jobs.update(job.id, state="cancelled", ended_at=time.time())

@@ -38,10 +38,15 @@ def train(
     from ..errors import LorakitError
     from ..experiment import Experiment
     from ..training import distributed
-    from ..training.loop import RunStopped
+    from ..training.loop import RunStopped, catch_early_signals
 
+    catch_early_signals()  # a stop signal while torch loads ends as preempted, not as a killed process
     if resume and force:
         raise LorakitError("--resume and --force exclude each other")
+    if distributed.in_worker():
+        from ..proctree import die_with_parent
+
+        die_with_parent()  # a rank never outlives its torchrun
     experiment = Experiment(config_path, overrides, outputs=outputs)
     if not distributed.in_worker():
         nproc = nproc or distributed.default_nproc(experiment.config.resources.gpus)
@@ -56,7 +61,9 @@ def train(
         sys.exit(stop.exit_code)
     except LorakitError:
         raise
-    except Exception:
+    except Exception as exc:
+        if distributed.in_worker():
+            distributed.record_rank_error(exc)  # the launcher says which rank failed, and why
         # a failure after the folder was opened is recorded there; say so in one line (-v: traceback)
         failed = _recorded_failure(experiment.output_dir / "run.json")
         if failed is None or (click.get_current_context().obj or {}).get("verbose"):

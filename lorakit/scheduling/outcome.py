@@ -19,7 +19,17 @@ from .queue import Job
 
 PREEMPTED_EXIT = 75  # lorakit.training.loop.PREEMPTED_EXIT (not imported: that module imports torch)
 INTERRUPTED_EXIT = 130
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+#: how running out of GPU memory reads, from PyTorch's allocator, cuBLAS/cuDNN workspaces and NCCL
+OOM_MARKERS = (
+    "OutOfMemoryError",
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    "Failed to CUDA calloc",
+    "NCCL WARN Cuda failure 'out of memory'",
+)
 MAX_OOM_RETRIES = 1
 _ERROR_LINE = re.compile(r"^(Error: |\w*(Error|Exception)\b)")
 

@@ -90,6 +90,26 @@ def _better(value: float, best: float | None, greater: bool) -> bool:
     return value > best if greater else value < best
 
 
+_EARLY: list[str] = []  # stop signals received before a run's SignalCatcher was installed
+
+
+def catch_early_signals() -> None:
+    """Remember stop signals from the first line of ``lorakit train`` on (a signal's default action would
+    kill the process while it imports torch or reads the config); the run's catcher takes them over."""
+
+    def remember(signum: int, frame: Any) -> None:
+        _EARLY.append(signal.Signals(signum).name)
+
+    for name in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, AttributeError):  # not the main thread, or no such signal
+            signal.signal(getattr(signal, name), remember)
+
+
+def early_signal() -> str | None:
+    """The last stop signal received before any run's catcher was installed."""
+    return _EARLY[-1] if _EARLY else None
+
+
 class SignalCatcher:
     """Turns stop signals into a flag the loop checks at step boundaries (handlers restored on exit)."""
 
@@ -103,6 +123,9 @@ class SignalCatcher:
         self._depth += 1
         if self._depth > 1:
             return self
+        if _EARLY and self.received is None:
+            self.received = _EARLY.pop()
+            _EARLY.clear()
         for name in STOP_SIGNALS:
             sig = getattr(signal, name, None)
             if sig is None:

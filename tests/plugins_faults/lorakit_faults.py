@@ -10,6 +10,8 @@ group, the way an installed plugin package would.
 * ``$LORAKIT_FAULT_RUN_END=1`` — ``lorakit_on_run_end`` raises when a run completes.
 * loss ``amplified`` — cross entropy times ``factor`` (``train.loss_options.factor``): in fp16 the scaled
   gradients overflow, so the loss scaler skips steps.
+* loss ``rank1_oom`` — cross entropy that raises ``torch.cuda.OutOfMemoryError`` on rank 1 of a
+  distributed run only (the others then fail on a broken connection, or are stopped by torchrun).
 """
 
 from __future__ import annotations
@@ -54,9 +56,24 @@ def build_amplified(num_labels, class_weights=None, factor=1.0, **options):
     return Amplified()
 
 
+def build_rank1_oom(num_labels, class_weights=None, **options):
+    import torch
+
+    class Rank1OOM(torch.nn.Module):
+        def forward(self, logits, labels):
+            if torch.is_grad_enabled() and os.environ.get("RANK") == "1":
+                raise torch.cuda.OutOfMemoryError(
+                    "CUDA out of memory (fake): tried to allocate 2.00 GiB on rank 1"
+                )
+            return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+    return Rank1OOM()
+
+
 @hookimpl
 def lorakit_register_losses(register):
     register(LossSpec(name="amplified", build=build_amplified, description="test: cross entropy × factor"))
+    register(LossSpec(name="rank1_oom", build=build_rank1_oom, description="test: OOM on rank 1"))
 
 
 @hookimpl
