@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import RESUME_TRAIN, _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
+from test_train import _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
 
 from lorakit import Experiment
 from lorakit.training import precision as mp
 
 FAULTS = Path(__file__).parent / "plugins_faults"
+TRAIN = (sys.executable, "-m", "lorakit", "train")
 
 
 def faults_env(**extra: str) -> dict[str, str]:
@@ -80,10 +81,7 @@ def test_wrong_adapter_fails_the_reload_check_and_is_recorded(project, cli):  # 
     adapter = out / "wrong" / "lora_adapter" / "adapter_model.safetensors"
     bad = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "lorakit",
-            "train",
+            *TRAIN,
             str(config),
             "--outputs",
             str(out),
@@ -119,7 +117,7 @@ def test_failure_after_training_is_recorded_and_resume_finishes(project, cli):  
     out = outputs(project)
     config = project("runend", tasks=1, epochs=1)
     result = subprocess.run(
-        [sys.executable, "-m", "lorakit", "train", str(config), "--outputs", str(out)],
+        [*TRAIN, str(config), "--outputs", str(out)],
         capture_output=True,
         text=True,
         env=faults_env(LORAKIT_FAULT_RUN_END="1"),
@@ -149,10 +147,7 @@ def test_sigusr1_during_model_loading_preempts_and_resume_completes(project, cli
     marker = project.root / "loading.marker"
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "lorakit",
-            "train",
+            *TRAIN,
             str(config),
             "--outputs",
             str(out),
@@ -182,10 +177,7 @@ def test_sigusr1_during_model_loading_preempts_and_resume_completes(project, cli
 
     resumed = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "lorakit",
-            "train",
+            *TRAIN,
             str(config),
             "--outputs",
             str(out),
@@ -205,7 +197,11 @@ def test_sigusr1_during_model_loading_preempts_and_resume_completes(project, cli
     )
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+SHORT_RESUME = {"batch_size": 8, "epochs": 2, "checkpoint_every_steps": 3, "lr": 2e-3}
+
+
+# bf16's exact resume is checked with two processes in test_distributed.py (and by bench/gpu_check.sh)
+@pytest.mark.parametrize("precision", ["fp16"])
 def test_sigkill_and_resume_is_exact_in_mixed_precision(project, cli, precision):  # noqa: F811
     out = outputs(project)
     sets = [f'train.mixed_precision="{precision}"']
@@ -214,7 +210,7 @@ def test_sigkill_and_resume_is_exact_in_mixed_precision(project, cli, precision)
         sets += ['train.loss="amplified"', "train.loss_options={factor = 4000.0}"]
     env = faults_env()
     solo = subprocess.run(
-        [sys.executable, "-m", "lorakit", "train", str(project(f"solo_{precision}", tasks=2, **RESUME_TRAIN))]
+        [*TRAIN, str(project(f"solo_{precision}", tasks=2, **SHORT_RESUME))]
         + ["--outputs", str(out)]
         + [arg for s in sets for arg in ("--set", s)],
         capture_output=True,
@@ -225,10 +221,9 @@ def test_sigkill_and_resume_is_exact_in_mixed_precision(project, cli, precision)
     solo_run = read(out / f"solo_{precision}", "run.json")
     assert solo_run["precision"] == precision
 
-    config = project(f"killed_{precision}", tasks=2, **RESUME_TRAIN)
+    config = project(f"killed_{precision}", tasks=2, **SHORT_RESUME)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lorakit", "train", str(config), "--outputs", str(out)]
-        + [arg for s in sets for arg in ("--set", s)],
+        [*TRAIN, str(config), "--outputs", str(out)] + [arg for s in sets for arg in ("--set", s)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -256,7 +251,7 @@ def test_sigkill_and_resume_is_exact_in_mixed_precision(project, cli, precision)
         assert not (newest / "scaler.pt").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "lorakit", "train", str(config), "--outputs", str(out), "--resume"]
+        [*TRAIN, str(config), "--outputs", str(out), "--resume"]
         + [arg for s in sets for arg in ("--set", s)],
         capture_output=True,
         text=True,
@@ -265,7 +260,7 @@ def test_sigkill_and_resume_is_exact_in_mixed_precision(project, cli, precision)
     assert resumed.returncode == 0, resumed.stderr
     metrics = read(folder, "metrics.json")
     solo_metrics = read(out / f"solo_{precision}", "metrics.json")
-    for key in ("epoch_1", "epoch_2", "epoch_3", "best"):
+    for key in ("epoch_1", "epoch_2", "best"):
         assert strip(metrics[key]) == strip(solo_metrics[key]), key
     run = read(folder, "run.json")
     assert run["precision"] == precision and run["skipped_steps"] == solo_run["skipped_steps"]

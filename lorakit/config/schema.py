@@ -12,6 +12,7 @@ import attrs
 import cattrs
 
 from ..errors import ConfigError, did_you_mean
+from ..runs.layout import exp_id_problem
 from .loader import DEFAULT_SOURCE, RawConfig, load_raw
 
 PRIORITIES = ("low", "medium", "high")
@@ -167,7 +168,9 @@ class ResourcesConfig:
 
 @attrs.define(kw_only=True, frozen=True)
 class ExperimentConfig:
-    exp_id: str = _doc("experiment id; names the output folder")
+    exp_id: str = _doc(
+        "experiment id; names the output folder: letters, digits and _ - . + = @ (no path), at most 128"
+    )
     description: str = _doc("free text", default="")
     base_config: str | None = _doc("parent config, relative to this file; chains of any depth", default=None)
     task_type: str | None = _doc(
@@ -365,6 +368,9 @@ def _semantic_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                 (key, f"{value!r} is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
             )
 
+    exp_id_issue = exp_id_problem(cfg.exp_id)
+    if exp_id_issue is not None:
+        problems.append(("exp_id", exp_id_issue))
     choice("task_type", cfg.task_type, TASK_TYPES)
     choice("resources.priority", cfg.resources.priority, PRIORITIES)
     choice("data.encoding_errors", cfg.data.encoding_errors, ENCODING_ERRORS)

@@ -233,8 +233,8 @@ class ExperimentIndex:
         return self.load()["active"]
 
     def folder(self, exp_id: str) -> Path:
-        """``outputs/<exp_id>/``."""
-        return self.root / exp_id
+        """``outputs/<exp_id>/``; an exp_id that is a path (``../other/exp``) is refused, never followed."""
+        return RunLayout.for_exp(exp_id, self.root).root
 
     def get(self, exp_id: str, entries: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """One entry; an experiment with a folder but no entry yet is read from its folder.

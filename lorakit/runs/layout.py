@@ -6,6 +6,7 @@ The folder is the source of truth; the experiment index is a cache rebuilt from 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import attrs
@@ -14,6 +15,26 @@ OUTPUTS_ENV = "LORAKIT_OUTPUTS"
 INDEX_FILE = "experiment_index.json"
 
 STATUSES = ("running", "completed", "failed", "preempted")
+
+MAX_EXP_ID = 128
+# one path component: letters (any script), digits, and _ - . + = @ after the first character
+_EXP_ID = re.compile(r"[^\W][\w.+=@-]*")
+
+
+def exp_id_problem(exp_id: object) -> str | None:
+    """Why ``exp_id`` cannot name an experiment folder, or None. An exp_id becomes a folder name and
+    ``--force`` deletes that folder: an empty name, a path (``a/b``, ``/tmp/x``, ``..``) or a hidden name
+    could reach the outputs folder itself or a folder outside it."""
+    if not isinstance(exp_id, str) or not exp_id:
+        return "must be a non-empty name"
+    if len(exp_id) > MAX_EXP_ID:
+        return f"must be at most {MAX_EXP_ID} characters, got {len(exp_id)}"
+    if not _EXP_ID.fullmatch(exp_id):
+        return (
+            f"{exp_id!r} is not a folder name: use letters, digits and _ - . + = @, starting with a letter, "
+            "a digit or _ (no path separators, no leading dot)"
+        )
+    return None
 
 
 def outputs_root(explicit: str | Path | None = None) -> Path:
@@ -32,6 +53,13 @@ class RunLayout:
 
     @classmethod
     def for_exp(cls, exp_id: str, outputs: str | Path | None = None) -> RunLayout:
+        """The folder of ``exp_id`` inside the outputs folder; a name that is not one safe path component
+        is refused (never a path that could reach the outputs folder itself or outside it)."""
+        problem = exp_id_problem(exp_id)
+        if problem is not None:
+            from ..errors import LorakitError
+
+            raise LorakitError(f"exp_id: {problem}")
         return cls(outputs_root(outputs) / exp_id)
 
     @property
