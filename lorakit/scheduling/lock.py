@@ -1,16 +1,13 @@
-"""One scheduler per outputs folder: an exclusive ``flock`` on ``<outputs>/scheduler.lock``.
-
-The kernel drops the lock when the process dies, however it dies, so a crashed scheduler never leaves a
-stale lock behind. The holder writes its pid into the file for the message the next one prints.
-"""
+"""One scheduler per outputs folder: an exclusive ``flock`` on ``<outputs>/scheduler.lock``
+(:class:`lorakit.pidlock.PidLock`: a crashed scheduler never leaves a stale lock behind)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import LorakitError
+from ..pidlock import PidLock, is_held
+from ..pidlock import holder_pid as _holder_pid
 
 LOCK_FILE = "scheduler.lock"
 
@@ -19,67 +16,27 @@ class SchedulerRunning(LorakitError):
     """Another scheduler holds this outputs folder."""
 
 
-class SchedulerLock:
+class SchedulerLock(PidLock):
     """``with SchedulerLock(outputs):`` — raises :class:`SchedulerRunning` when another process holds it."""
 
     def __init__(self, outputs: str | Path):
         self.root = Path(outputs)
-        self.path = self.root / LOCK_FILE
-        self._fd: int | None = None
 
-    def acquire(self) -> None:
-        import fcntl
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o664)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            pid = holder_pid(self.root)
-            raise SchedulerRunning(
+        def busy(pid: int | None) -> Exception:
+            return SchedulerRunning(
                 f"a scheduler is already running for {self.root}"
                 + (f" (pid {pid})" if pid else "")
                 + "; add jobs to it with `lorakit submit`"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+            )
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self) -> SchedulerLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+        super().__init__(self.root / LOCK_FILE, busy)
 
 
 def holder_pid(outputs: str | Path) -> int | None:
     """The pid written by the scheduler holding ``outputs``, or None (no lock file, or not readable)."""
-    try:
-        text = (Path(outputs) / LOCK_FILE).read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+    return _holder_pid(Path(outputs) / LOCK_FILE)
 
 
 def scheduler_running(outputs: str | Path) -> bool:
     """True while some process holds the scheduler lock of ``outputs``."""
-    import fcntl
-
-    path = Path(outputs) / LOCK_FILE
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also drops the shared lock taken to test
-    return False
+    return is_held(Path(outputs) / LOCK_FILE)

@@ -134,10 +134,30 @@ def run_experiment(
     from .loop import SignalCatcher
 
     signals = SignalCatcher()
-    with signals:
+    # one run per experiment folder (rank 0 holds it for the ranks of a distributed run)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with signals, run_lock(cfg.exp_id, outputs) if main else contextlib.nullcontext():
         return _run(
             cfg, config_path, plugins, outputs, resume=resume, force=force, echo=echo, signals=signals
         )
+
+
+class RunInProgress(ResumeError):
+    """Another process is training this experiment."""
+
+
+def run_lock(exp_id: str, outputs: str | Path | None) -> Any:
+    """An exclusive lock on ``<outputs>/.locks/<exp_id>.lock`` for the whole run: beside the folder, not in
+    it, since ``--force`` replaces the folder. A lock left by a dead process is simply taken over."""
+    from ..pidlock import PidLock
+
+    layout = RunLayout.for_exp(exp_id, outputs)
+
+    def busy(pid: int | None) -> Exception:
+        holder = f"process {pid}" if pid else "another process"
+        return RunInProgress(f"{layout.root}: {holder} is training this experiment; wait for it or stop it")
+
+    return PidLock(layout.root.parent / ".locks" / f"{exp_id}.lock", busy)
 
 
 @attrs.define(kw_only=True)
