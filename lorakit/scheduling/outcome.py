@@ -6,7 +6,6 @@ The trainer exits 0 when it completed, 75 (``PREEMPTED_EXIT``) after checkpointi
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,23 @@ from .queue import Job
 
 PREEMPTED_EXIT = 75  # lorakit.training.loop.PREEMPTED_EXIT (not imported: that module imports torch)
 INTERRUPTED_EXIT = 130
-#: how running out of GPU memory reads, from PyTorch's allocator, cuBLAS/cuDNN workspaces and NCCL
-OOM_MARKERS = (
-    "OutOfMemoryError",
-    "CUDA out of memory",
-    "CUDA error: out of memory",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
-    "Failed to CUDA calloc",
-    "NCCL WARN Cuda failure 'out of memory'",
+#: how running out of GPU memory reads, on any rank: PyTorch's allocator (CUDA, ROCm), a raw CUDA call,
+#: cuBLAS/cuDNN workspaces, NCCL's buffers. A bare ``ncclSystemError`` is not among them: PyTorch words it
+#: "System call (e.g. socket, malloc) ... failed" for a lost peer too; it counts with "out of memory".
+OOM_PATTERNS = (
+    r"OutOfMemoryError",  # torch.OutOfMemoryError, torch.cuda.OutOfMemoryError
+    r"CUDA out of memory",
+    r"HIP out of memory",
+    r"CUDA error: out of memory",
+    r"cudaErrorMemoryAllocation",
+    r"CUBLAS_STATUS_ALLOC_FAILED",
+    r"CUDNN_STATUS_ALLOC_FAILED",
+    r"CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    r"Failed to CUDA calloc",  # NCCL
+    r"Cuda failure( \d+)? 'out of memory'",  # NCCL's WARN line, and ncclUnhandledCudaError's last error
+    r"(?i:nccl.*out of memory)",
 )
+_OOM = re.compile("|".join(OOM_PATTERNS))
 MAX_OOM_RETRIES = 1
 _ERROR_LINE = re.compile(r"^(Error: |\w*(Error|Exception)\b)")
 
@@ -45,12 +50,15 @@ class Outcome:
     run_note: bool = False
 
 
+def is_oom_text(text: str) -> bool:
+    """Whether ``text`` (an error message, a log line) says the GPU ran out of memory."""
+    return _OOM.search(text) is not None
+
+
 def is_oom(run: dict[str, Any] | None, log_lines: list[str]) -> bool:
-    """CUDA out of memory, by run.json's error or by the job's log."""
-    error = str((run or {}).get("error") or "")
-    return any(marker in error for marker in OOM_MARKERS) or any(
-        marker in line for line in log_lines for marker in OOM_MARKERS
-    )
+    """Out of GPU memory on any rank, by run.json's error or by the job's log (where a multi-GPU job's
+    launcher prints one ``Error: rank N: ...`` line per failing rank)."""
+    return is_oom_text(str((run or {}).get("error") or "")) or any(is_oom_text(line) for line in log_lines)
 
 
 def failure_reason(run: dict[str, Any] | None, log_lines: list[str]) -> str:
@@ -70,8 +78,8 @@ def _shorten(text: str, limit: int = 300) -> str:
 
 
 def oom_retry(job: Job) -> tuple[tuple[str, ...], str] | None:
-    """Half the micro-batch, twice the accumulation (the same effective batch), from the job's config;
-    None when the batch cannot shrink."""
+    """Half the micro-batch (for an odd batch, its largest divisor below that), the accumulation multiplied
+    to keep the effective batch, from the job's config; None when the batch cannot shrink."""
     from ..config.schema import load_config
 
     try:
@@ -81,11 +89,14 @@ def oom_retry(job: Job) -> tuple[tuple[str, ...], str] | None:
     batch, accum = cfg.train.batch_size, cfg.train.grad_accum
     if batch <= 1:
         return None
-    half = math.ceil(batch / 2)
-    overrides = (*job.extra_overrides, f"train.batch_size={half}", f"train.grad_accum={accum * 2}")
+    # the largest divisor of the batch up to its half: an odd batch must not change the effective batch
+    # (the world size stays: a multi-GPU job keeps its GPUs, so per-rank batch × accumulation is the rule)
+    smaller = next(d for d in range(batch // 2, 0, -1) if batch % d == 0)
+    more = accum * (batch // smaller)
+    overrides = (*job.extra_overrides, f"train.batch_size={smaller}", f"train.grad_accum={more}")
     note = (
         f"CUDA out of memory with train.batch_size={batch}, train.grad_accum={accum}: retried with "
-        f"train.batch_size={half}, train.grad_accum={accum * 2} (same effective batch), fresh start"
+        f"train.batch_size={smaller}, train.grad_accum={more} (same effective batch), fresh start"
     )
     return overrides, note
 

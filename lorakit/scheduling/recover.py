@@ -7,12 +7,14 @@ them to go, and requeues them from what their folders say.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..proctree import alive, is_lorakit, kill_tree, wait_gone
 from .launch import read_run
 from .queue import Job, JobQueue
 
@@ -30,10 +32,7 @@ def recover_orphans(queue: JobQueue, outputs: Path, event: Callable[[str], None]
     settled = []
     for job in queue.jobs(["running"]):
         if job.pid and is_training_process(job.pid):
-            os.kill(job.pid, preempt_signal(job))
-            deadline = time.monotonic() + RECOVER_WAIT_S
-            while is_training_process(job.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            _stop_orphan(job.pid, preempt_signal(job))
         status = (read_run(outputs, job.exp_id) or {}).get("status")
         state = {"completed": "done", "failed": "failed"}.get(status or "", "preempted")
         if job.cancel_requested and state == "preempted":
@@ -45,15 +44,26 @@ def recover_orphans(queue: JobQueue, outputs: Path, event: Callable[[str], None]
     return settled
 
 
+def _stop_orphan(pid: int, signum: int) -> None:
+    """Ask a job left running to checkpoint; kill its whole tree if it has not gone after the wait (the job
+    is requeued next: two processes must never train into one folder)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # it may end between look and signal
+        os.kill(pid, signum)
+    deadline = time.monotonic() + RECOVER_WAIT_S
+    while is_training_process(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if is_training_process(pid):
+        kill_tree(pid)
+        wait_gone([pid])
+
+
 def is_training_process(pid: int) -> bool:
-    """True while ``pid`` is alive and (where /proc tells) a lorakit process."""
+    """True while ``pid`` is alive and (where /proc tells) a lorakit process: a pid is reused, and a stranger
+    that got it must never be signalled."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to someone else
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
+    if not Path("/proc/self").exists():  # no /proc to ask (macOS): alive is all we know
         return True
-    return b"lorakit" in cmdline and state != "Z"  # a zombie has exited already
+    return alive(pid) and is_lorakit(pid)  # a zombie has exited already

@@ -3,13 +3,15 @@
 ``lorakit train CONFIG --nproc N`` re-runs itself under ``python -m torch.distributed.run`` with N worker
 processes. Accelerate picks the process group up from torchrun's environment (NCCL on GPUs, gloo on CPU);
 rank 0 alone writes the experiment folder. Stop signals sent to the launcher are forwarded to the workers,
-which agree on the step to stop at, checkpoint, and exit.
+which agree on the step to stop at, checkpoint, and exit. Each failing rank writes its one-line reason to a
+file of its own (torchrun stops the others when one fails), which the launcher prints and records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import read_json
-from ..proctree import die_with_parent, kill_tree, signal_descendants
+from ..proctree import LAUNCHER_ENV, catches, cmdline, descendants, kill_tree, pdeathsig_preexec
 from .loop import PREEMPTED_EXIT, STOP_SIGNALS, early_signal
 
 
@@ -62,31 +64,113 @@ def rank_errors(folder: Path) -> dict[int, str]:
     return errors
 
 
-def root_cause(errors: dict[int, str]) -> tuple[int, str] | None:
-    """The failure that explains the others: an out-of-memory error first (the peers then fail on a
-    broken connection), else the lowest rank's."""
-    from ..scheduling.outcome import OOM_MARKERS
+#: why a rank failed when it said nothing (a rank killed by a signal writes no error file)
+SILENT_RANK = "died without an error of its own (killed by a signal?); torchrun's report is in the log"
+#: how a rank reads when a peer is gone: a consequence, not a cause
+_PEER_LOST = re.compile(
+    r"Connection (reset|closed) by peer|Broken pipe|ncclRemoteError|communicator was aborted|Socket Timeout"
+)
 
+
+def root_cause(errors: dict[int, str], nproc: int | None = None) -> tuple[int | None, str] | None:
+    """The failure that explains the others: an out-of-memory error first; else the lowest rank's error
+    that is more than a lost peer (the others then fail on a broken connection); else the first rank that
+    said nothing (killed by a signal: the host out of memory, say); else the lowest rank's. The rank is
+    None when no rank spoke: which one died is unknown."""
+    from ..scheduling.outcome import is_oom_text
+
+    silent = [rank for rank in range(nproc or 0) if rank not in errors]
     if not errors:
-        return None
-    oom = [rank for rank, text in sorted(errors.items()) if any(m in text for m in OOM_MARKERS)]
-    rank = oom[0] if oom else min(errors)
-    return rank, errors[rank]
+        return (None, SILENT_RANK) if nproc else None
+    oom = [rank for rank, text in sorted(errors.items()) if is_oom_text(text)]
+    if oom:
+        return oom[0], errors[oom[0]]
+    real = [rank for rank, text in sorted(errors.items()) if not _PEER_LOST.search(text)]
+    if real:
+        return real[0], errors[real[0]]
+    if silent:
+        return silent[0], SILENT_RANK
+    return min(errors), errors[min(errors)]
 
 
-def _record_root_cause(run_json: Path, cause: tuple[int, str]) -> None:
-    """A job whose ranks failed: run.json says so with the cause, whatever rank 0 had time to write."""
+def _read_run(run_json: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        info = read_json(run_json)
+        return info if isinstance(info, dict) else None
+    return None
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def _record_failure(run_json: Path, error: str) -> None:
+    """run.json says ``failed`` with ``error``, whatever rank 0 had time to write (torchrun stops the other
+    ranks when one fails: rank 0 may have been stopped as if preempted, or killed mid-step)."""
     from ..fsutil import write_json_atomic
-
-    info = read_json(run_json) if run_json.is_file() else None
-    if not isinstance(info, dict) or info.get("status") == "completed":
-        return
-    rank, reason = cause
-    info.update(status="failed", error=f"rank {rank}: {reason}")
-    write_json_atomic(run_json, info)
     from ..runs.index import ExperimentIndex
 
+    info = _read_run(run_json)
+    if info is None or info.get("status") == "completed":
+        return
+    info.update(status="failed", error=error)
+    write_json_atomic(run_json, info)
     ExperimentIndex(run_json.parent.parent).sync(run_json.parent.name)
+
+
+def _is_rank(pid: int) -> bool:
+    """A torchrun worker running lorakit (a worker forked but not yet exec'd still reads as torchrun)."""
+    line = cmdline(pid)
+    return b"lorakit" in line and b"torch.distributed.run" not in line
+
+
+class _Forwarder:
+    """The launcher's handler for stop signals: every rank gets the signal, however deep and whatever its
+    session, and a rank still starting gets it once its own handler is installed (before that the
+    signal's default action would kill it, and torchrun would call the job failed)."""
+
+    def __init__(self, nproc: int):
+        self.nproc = nproc
+        self.received: list[str] = []
+        self.root: int | None = None
+        self._pending: int | None = None
+        self._delivered: set[int] = set()
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received.append(signal.Signals(signum).name)
+        self._pending, self._delivered = signum, set()
+        self.deliver()
+
+    def deliver(self) -> None:
+        if self.root is None or self._pending is None:
+            return
+        signum = self._pending
+        with contextlib.suppress(OSError):
+            ranks = [p for p in descendants(self.root) if _is_rank(p)]
+            for rank in ranks:
+                if rank not in self._delivered and catches(rank, signum):
+                    os.kill(rank, signum)
+                    self._delivered.add(rank)
+        if len(self._delivered) >= self.nproc:
+            self._pending = None
+
+
+def _run_torchrun(cmd: list[str], env: dict[str, str], forwarder: _Forwarder) -> int:
+    """Start torchrun and wait for it, passing stop signals on; its whole tree is killed if we leave early."""
+    # A session of its own: the terminal's Ctrl-C reaches us alone, and we decide what the ranks get.
+    # torchrun dies with us (PDEATHSIG), and each rank with torchrun (commands/train.py).
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=pdeathsig_preexec())
+    forwarder.root = proc.pid
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                forwarder.deliver()  # a signal that came while ranks were starting
+    finally:
+        if proc.poll() is None:  # we are leaving on an exception: leave no rank behind
+            kill_tree(proc.pid)
+            proc.wait()
 
 
 def launch(nproc: int, train_args: list[str], run_json: Path) -> int:
@@ -94,60 +178,61 @@ def launch(nproc: int, train_args: list[str], run_json: Path) -> int:
 
     Exit codes follow a single-process run: 0 completed, 75 preempted (checkpoint saved), 130 interrupted,
     2 a user error found before training started, 1 a failure. A failing rank's reason (out of memory on
-    rank 3, say) is printed and recorded in run.json, not only rank 0's view of it.
+    rank 3, say) is printed (one ``Error: rank N: ...`` line per rank, which the scheduler reads in the
+    job's log) and recorded in run.json, not only rank 0's view of it.
     """
-    before = run_json.stat().st_mtime_ns if run_json.exists() else None
+    before = _mtime(run_json)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "lorakit", "train", *train_args,
     ]  # fmt: skip
+    forwarder = _Forwarder(nproc)
+    previous = {
+        getattr(signal, name): signal.signal(getattr(signal, name), forwarder) for name in STOP_SIGNALS
+    }
     errors_dir = Path(tempfile.mkdtemp(prefix="lorakit-ranks-"))
-    env = {**os.environ, RANK_ERRORS_ENV: str(errors_dir)}
-    received: list[str] = []
-    started: list[subprocess.Popen[bytes]] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signal.Signals(signum).name)
-        # every rank, however deep and whatever its session (torchrun's workers are its children today)
-        for proc in started:
-            signal_descendants(proc.pid, signum)
-
-    previous = {}
-    for name in STOP_SIGNALS:
-        sig = getattr(signal, name)
-        previous[sig] = signal.signal(sig, forward)
-    early = early_signal()
-    if early is not None:  # stopped before any rank started: nothing to checkpoint, nothing written
-        shutil.rmtree(errors_dir, ignore_errors=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        return 130 if early == "SIGINT" else PREEMPTED_EXIT
-    # A session of its own: the terminal's Ctrl-C reaches us, and we decide what the workers get. torchrun
-    # dies with us (PDEATHSIG), and each worker with torchrun (see commands/train.py).
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=die_with_parent)
-    started.append(proc)
     try:
-        code = proc.wait()
+        early = early_signal() or (forwarder.received[-1] if forwarder.received else None)
+        if early is not None:  # stopped before any rank started: nothing to checkpoint, nothing written
+            return 130 if early == "SIGINT" else PREEMPTED_EXIT
+        env = {**os.environ, RANK_ERRORS_ENV: str(errors_dir), LAUNCHER_ENV: str(os.getpid())}
+        code = _run_torchrun(cmd, env, forwarder)
+        errors = rank_errors(errors_dir)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if proc.poll() is None:  # we are leaving on an exception: leave no rank behind
-            kill_tree(proc.pid)
-            proc.wait()
-    errors = rank_errors(errors_dir)
-    shutil.rmtree(errors_dir, ignore_errors=True)
-    after = run_json.stat().st_mtime_ns if run_json.exists() else None
+        shutil.rmtree(errors_dir, ignore_errors=True)
     if code == 0:
         return 0
-    cause = root_cause(errors)
-    if cause is not None and not received:
-        for rank, reason in sorted(errors.items()):
-            print(f"Error: rank {rank}: {reason}", file=sys.stderr, flush=True)
-        if after is not None and after != before:
-            _record_root_cause(run_json, cause)
-    if after is None or after == before:
-        return 2  # the workers stopped before writing anything: a user error, already printed by them
-    status = read_json(run_json).get("status")
-    if status == "preempted":
-        return 130 if received and received[-1] == "SIGINT" else PREEMPTED_EXIT
+    written = _mtime(run_json) != before
+    return _failed_exit(forwarder.received, errors, run_json, nproc=nproc, written=written)
+
+
+def _failed_exit(
+    received: list[str], errors: dict[int, str], run_json: Path, *, nproc: int, written: bool
+) -> int:
+    """The exit code of a torchrun that failed: stopped on our signal, or a rank failed (then say which)."""
+    status = (_read_run(run_json) or {}).get("status") if written else None
+    if received and status != "failed":
+        # the ranks stopped as asked (those that did not finish their checkpoint resume from the last one)
+        return 130 if received[-1] == "SIGINT" else PREEMPTED_EXIT
+    if not written:
+        # the ranks stopped before writing anything: a user error, already printed by them, unless one
+        # of them failed (a user error is never recorded as a rank's failure)
+        _print_errors(errors, None)
+        return 1 if errors else 2
+    cause = root_cause(errors, nproc)
+    _print_errors(errors, cause)
+    if cause is not None and (errors or status in ("running", "preempted")):
+        # (with no rank's word and rank 0's own "failed", rank 0 said it best: keep it)
+        _record_failure(run_json, f"rank {cause[0]}: {cause[1]}" if cause[0] is not None else cause[1])
     return 1
+
+
+def _print_errors(errors: dict[int, str], cause: tuple[int | None, str] | None) -> None:
+    """One ``Error:`` line per failing rank, the silent one included: the scheduler reads them in the log."""
+    lines = [f"rank {rank}: {reason}" for rank, reason in sorted(errors.items())]
+    if cause is not None and cause[1] == SILENT_RANK:
+        lines.insert(0, f"rank {cause[0]}: {SILENT_RANK}" if cause[0] is not None else SILENT_RANK)
+    for line in lines:
+        print(f"Error: {line}", file=sys.stderr, flush=True)
