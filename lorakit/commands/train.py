@@ -65,7 +65,7 @@ def train(
         if distributed.in_worker():
             distributed.record_rank_error(exc)  # the launcher says which rank failed, and why
         # a failure after the folder was opened is recorded there; say so in one line (-v: traceback)
-        failed = _recorded_failure(experiment.output_dir / "run.json")
+        failed = _recorded_failure(experiment.outputs, experiment.config.exp_id)
         if failed is None or (click.get_current_context().obj or {}).get("verbose"):
             raise
         click.echo(f"Error: {experiment.config.exp_id} failed: {failed}", err=True)
@@ -85,23 +85,15 @@ def train(
     click.echo(f"outputs: {result.output_dir}")
 
 
-def _recorded_failure(run_json: Path) -> str | None:
+def _recorded_failure(outputs: Path, exp_id: str) -> str | None:
     """The reason recorded in run.json when this process's run ended as failed, else None."""
-    from ..fsutil import read_json
+    from ..scheduling.launch import read_run
+    from ..training.distributed import is_main_rank
 
-    try:
-        info = read_json(run_json)
-    except Exception:
-        return None
-    if not isinstance(info, dict) or info.get("status") != "failed" or not in_main_rank():
+    info = read_run(outputs, exp_id)
+    if info is None or info.get("status") != "failed" or not is_main_rank():
         return None
     return str(info.get("error") or "unknown error")
-
-
-def in_main_rank() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @click.command()

@@ -13,13 +13,14 @@ import cattrs
 
 from ..errors import ConfigError, did_you_mean
 from ..runs.layout import exp_id_problem
+from ..training.precision import REQUESTS as PRECISION_REQUESTS
 from .loader import DEFAULT_SOURCE, RawConfig, load_raw
 
 PRIORITIES = ("low", "medium", "high")
 TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 POOLINGS = ("cls", "mean")
-MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
+MIXED_PRECISION = PRECISION_REQUESTS
 
 LabelSubset = Union[list[str], dict[str, list[str]], None]
 LossWeight = Union[list[float], dict[str, float], str, None]

@@ -79,6 +79,8 @@ def collate(split: Any, index: np.ndarray, pad_id: int) -> dict[str, Any]:
 
 def to_device(tensor: Any, device: Any) -> Any:
     """Move a host batch tensor to ``device``: through pinned memory and without a sync on CUDA."""
-    if getattr(device, "type", str(device)) != "cuda":
+    from .precision import device_type
+
+    if device_type(device) != "cuda":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)

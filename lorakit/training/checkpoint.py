@@ -125,6 +125,18 @@ def restore_rng(rng: dict[str, Any], python_random: Any, rank: int = 0, device: 
     random.setstate((version, tuple(internal), gauss))
 
 
+def check_world_size(path: Path, saved: int, world: int) -> None:
+    """A checkpoint resumes exactly only with the number of processes that wrote it (batch order and RNG
+    streams depend on it)."""
+    from ..errors import ResumeError
+
+    if saved != world:
+        raise ResumeError(
+            f"{path}: saved by {saved} process(es), resuming with {world}; "
+            "exact resume needs the same number of processes"
+        )
+
+
 def save_best(checkpoints: Path, weights: dict[str, Any]) -> None:
     """The best epoch's trainable weights, as trained (lorakit's own names, not peft's): the reload
     check compares the saved adapter against these, so a wrong adapter file cannot pass."""

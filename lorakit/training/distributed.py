@@ -20,9 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import read_json
 from ..proctree import LAUNCHER_ENV, catches, cmdline, descendants, kill_tree, pdeathsig_preexec
 from .loop import PREEMPTED_EXIT, STOP_SIGNALS, early_signal
+
+
+def is_main_rank() -> bool:
+    """True in rank 0 of a distributed run (torchrun sets RANK) and in a run of one process: the process
+    that checks and writes the experiment folder."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def in_worker() -> bool:
@@ -94,10 +99,9 @@ def root_cause(errors: dict[int, str], nproc: int | None = None) -> tuple[int | 
 
 
 def _read_run(run_json: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        info = read_json(run_json)
-        return info if isinstance(info, dict) else None
-    return None
+    from ..scheduling.launch import read_run
+
+    return read_run(run_json.parent.parent, run_json.parent.name)
 
 
 def _mtime(path: Path) -> int | None:

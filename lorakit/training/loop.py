@@ -21,6 +21,7 @@ from ..runs.layout import RunLayout
 from . import precision as mp
 from .batching import collate, epoch_batches, to_device
 from .checkpoint import (
+    check_world_size,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -292,12 +293,13 @@ class TrainingLoop:
         trainable weights (proof that the ranks stayed in step). A collective: every rank calls it."""
         from .envinfo import peak_memory_mb
 
-        weights = self.trainable()
-        checksum = float(sum(float(t.double().sum()) for t in weights.values()))
-        report = [{"steps": self.state.global_step, "checksum": checksum, **peak_memory_mb(self.device)}]
+        report = [{"steps": self.state.global_step, **peak_memory_mb(self.device)}]
         if self.world_size == 1:
             return report
         from accelerate.utils import gather_object
+
+        weights = self.trainable()
+        report[0]["checksum"] = float(sum(float(t.double().sum()) for t in weights.values()))
 
         return list(gather_object(report))
 
@@ -318,12 +320,7 @@ class TrainingLoop:
         if path is None:
             return False
         ckpt = load_checkpoint(path)
-        saved_world = ckpt["state"].get("world_size", 1)
-        if saved_world != self.world_size:
-            raise ResumeError(
-                f"{path}: saved by {saved_world} process(es), resuming with {self.world_size}; "
-                "exact resume needs the same number of processes"
-            )
+        check_world_size(path, ckpt["state"].get("world_size", 1), self.world_size)
         saved_precision = ckpt["state"].get("precision", "fp32")
         if saved_precision != self.precision:
             raise ResumeError(

@@ -21,13 +21,16 @@ from typing import Any
 
 #: what ``train.mixed_precision`` accepts
 REQUESTS = ("no", "fp16", "bf16", "auto")
-#: what a run records: the precision it actually used
-USED = ("fp32", "bf16", "fp16")
 
 # The reload check's tolerance per precision: both sides run the same autocast on the same weights, so
 # they agree to the last bit in practice; the margin is a few units of the dtype's rounding error, far
 # below what a wrong adapter changes.
 RELOAD_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 4e-3}
+
+
+def device_type(device: Any) -> str:
+    """``cuda`` or ``cpu`` for a ``torch.device`` or its name."""
+    return str(getattr(device, "type", device))
 
 
 @functools.cache
@@ -57,7 +60,7 @@ def native_bf16(device: Any) -> bool:
     """Whether ``device`` runs bf16 matrix multiplies natively (not emulated)."""
     import torch
 
-    if getattr(device, "type", str(device)) == "cuda":
+    if device_type(device) == "cuda":
         try:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
         except TypeError:  # torch < 2.3 has no including_emulation
@@ -75,7 +78,7 @@ def resolve(requested: str, device: Any) -> str:
 def emulation_note(precision: str, device: Any) -> str | None:
     """A one-line note when the precision asked for is emulated here (bf16 on a CPU without AVX512-BF16
     or AMX, fp16 on any CPU): correct, but several times slower than fp32."""
-    kind = getattr(device, "type", str(device))
+    kind = device_type(device)
     if kind == "cuda" or precision == "fp32" or (precision == "bf16" and native_bf16(device)):
         return None
     return (
@@ -97,7 +100,7 @@ def autocast(precision: str, device: Any) -> contextlib.AbstractContextManager[A
     dtype = autocast_dtype(precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=dtype)
+    return torch.autocast(device_type=device_type(device), dtype=dtype)
 
 
 def grad_scaler(precision: str, device: Any) -> Any:
@@ -106,14 +109,14 @@ def grad_scaler(precision: str, device: Any) -> Any:
         return None
     import torch
 
-    return torch.amp.GradScaler(getattr(device, "type", str(device)))
+    return torch.amp.GradScaler(device_type(device))
 
 
 def enable_tf32(device: Any) -> bool:
     """TF32 matmuls for the fp32 parts on Ampere and later (what PyTorch leaves off by default)."""
     import torch
 
-    if getattr(device, "type", str(device)) != "cuda":
+    if device_type(device) != "cuda":
         return False
     major, _ = torch.cuda.get_device_capability(device)
     if major < 8:

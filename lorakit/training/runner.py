@@ -25,6 +25,7 @@ from ..errors import ResumeError
 from ..fsutil import read_json, write_json_atomic, write_text_atomic
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
+from .distributed import is_main_rank
 from .envinfo import env_info, env_version, package_versions, peak_memory_mb
 
 log = logging.getLogger("lorakit.train")
@@ -135,8 +136,7 @@ def run_experiment(
 
     signals = SignalCatcher()
     # one run per experiment folder (rank 0 holds it for the ranks of a distributed run)
-    main = int(os.environ.get("RANK", "0")) == 0
-    with signals, run_lock(cfg.exp_id, outputs) if main else contextlib.nullcontext():
+    with signals, run_lock(cfg.exp_id, outputs) if is_main_rank() else contextlib.nullcontext():
         return _run(
             cfg, config_path, plugins, outputs, resume=resume, force=force, echo=echo, signals=signals
         )
@@ -213,18 +213,12 @@ def _setup(cfg: ExperimentConfig, plugins: Plugins, layout: RunLayout, cfg_fp: s
 
 def _check_checkpoint(layout: RunLayout) -> None:
     """A resume that the newest checkpoint cannot serve is refused before the folder is touched."""
-    from .checkpoint import STATE_FILE, latest_checkpoint
+    from .checkpoint import STATE_FILE, check_world_size, latest_checkpoint
 
     path = latest_checkpoint(layout.checkpoints)
-    if path is None:
-        return
-    saved = read_json(path / STATE_FILE).get("world_size", 1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if saved != world:
-        raise ResumeError(
-            f"{path}: saved by {saved} process(es), resuming with {world}; "
-            "exact resume needs the same number of processes"
-        )
+    if path is not None:
+        saved = read_json(path / STATE_FILE).get("world_size", 1)
+        check_world_size(path, saved, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _run(
@@ -240,8 +234,8 @@ def _run(
 ) -> RunResult:
     layout = RunLayout.for_exp(cfg.exp_id, outputs)
     cfg_fp = config_fingerprint(cfg)
-    # In a distributed run (torchrun sets RANK) rank 0 alone checks and writes the folder.
-    main = int(os.environ.get("RANK", "0")) == 0
+    # In a distributed run rank 0 alone checks and writes the folder.
+    main = is_main_rank()
     resuming = check_folder(layout, cfg_fp, resume=resume, force=force) if main else resume
     if resuming and main:
         _check_checkpoint(layout)
@@ -382,7 +376,7 @@ def _record_ranks(run_info: dict, report: list[dict[str, Any]], loop: Any) -> No
         if len(report) > 1:
             run_info[f"{key}_per_rank"] = values
     run_info["skipped_steps"] = loop.state.skipped_steps
-    checksums = {r["checksum"] for r in report}
+    checksums = {r["checksum"] for r in report if "checksum" in r}
     if len(checksums) > 1:
         raise RuntimeError(
             f"the ranks' trainable weights differ at the end of training (checksums {sorted(checksums)})"
