@@ -39,6 +39,19 @@ class ResumeError(LorakitError):
     """A run cannot be resumed (or would be overwritten) as asked."""
 
 
+class DamagedFile(LorakitError):
+    """A file lorakit wrote and reads back is missing, truncated, mistyped or foreign: ``<path>: damaged (<reason>)``."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: damaged ({reason})")
+
+
+class MachineError(LorakitError):
+    """The machine refused a file operation (disk full, read-only, permission, FIFO...): ``<path>: <problem>``."""
+
+
 class LorakitWarning(UserWarning):
     """Something the user should know that does not stop the command (a rebuilt cache, a rebuilt index)."""
 
