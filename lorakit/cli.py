@@ -6,6 +6,7 @@ Commands are imported only when run, so ``lorakit --help`` starts without torch 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import traceback
 import warnings
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import LorakitError, LorakitWarning
+from .errors import LorakitError, LorakitWarning, did_you_mean, machine_problem
 
 # name → "module:attribute"; each module keeps heavy imports inside its functions.
 COMMANDS: dict[str, str] = {
@@ -81,6 +82,32 @@ def _show_warning(
 _default_showwarning = warnings.showwarning
 
 
+# click's "... Did you mean '--x'?" and "... (Did you mean one of: '--a', '--b'?)"
+_SUGGESTION = re.compile(r"\.? \(?Did you mean (?P<one>one of: )?(?P<names>.*?)\??\)?$")
+
+
+def usage_line(exc: click.UsageError, args: list[str] | None = None) -> str:
+    """``lorakit: <command>: <problem> (see --help)``: click's usage errors in one line, not three."""
+    ctx = exc.ctx
+    command = (ctx.command_path if ctx is not None else "lorakit").removeprefix("lorakit").strip()
+    if not command and args:  # some parser errors carry no context: the command is the first word
+        command = next((a for a in args if not a.startswith("-")), "")
+        command = command if command in COMMANDS else ""
+    problem = " ".join(exc.format_message().split()).rstrip(".")
+    problem = problem[:1].lower() + problem[1:]
+    suggestion = _SUGGESTION.search(problem)
+    if suggestion:
+        problem = (
+            problem[: suggestion.start()] + f" (did you mean {suggestion['one'] or ''}{suggestion['names']}?)"
+        )
+    elif problem.startswith("no such command ") and ctx is not None and isinstance(ctx.command, click.Group):
+        name = problem.removeprefix("no such command ").strip("'")
+        problem += did_you_mean(name, ctx.command.list_commands(ctx))
+    where = f"{command}: " if command else ""
+    see = f"lorakit {command} --help" if command else "lorakit --help"
+    return f"lorakit: {where}{problem} (see {see})"
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors print one line each on stderr and exit with code 2."""
     warnings.showwarning = _show_warning
@@ -91,8 +118,11 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(usage_line(exc, args), err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except LorakitError as exc:
         if verbose:
@@ -102,3 +132,11 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a fault of the machine, or a path that is not there: one line, exit 2
+        problem = machine_problem(exc)
+        if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+            problem = f"{exc.filename}: no such file or directory"
+        if problem is None or verbose:
+            raise
+        click.echo(f"Error: {problem}", err=True)
+        sys.exit(2)

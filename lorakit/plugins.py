@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -15,7 +16,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, did_you_mean
+from .errors import LorakitWarning, PluginError, did_you_mean
 from .specs import (
     SPEC_KINDS,
     BackboneSpec,
@@ -100,13 +101,16 @@ class Registry(Generic[S]):
             )
         name = spec.name  # type: ignore[attr-defined]
         if name in self._items:
-            first = self._items[name]
-            raise PluginError(
-                f"{self.singular} {name!r} is registered twice: by plugin "
-                f"{first.plugin!r} ({first.distribution or 'no distribution'}) and by plugin "
-                f"{plugin!r} ({distribution or 'no distribution'})"
-            )
+            raise PluginError(self.clash_message(name, plugin=plugin, distribution=distribution))
         self._items[name] = Registered(spec=spec, plugin=plugin, distribution=distribution)
+
+    def clash_message(self, name: str, *, plugin: str, distribution: str | None) -> str:
+        first = self._items[name]
+        return (
+            f"{self.singular} {name!r} is registered twice: by plugin "
+            f"{first.plugin!r} ({first.distribution or 'no distribution'}) and by plugin "
+            f"{plugin!r} ({distribution or 'no distribution'})"
+        )
 
     def get(self, name: str) -> S:
         try:
@@ -153,12 +157,29 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple[str | None, str | None]] = {}
         self.failures: list[LoadFailure] = []
+        self.report: Callable[[str], None] | None = None
 
     def register_plugin(
         self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None
     ) -> None:
+        """Register ``plugin``; a hook name lorakit does not define is a :class:`PluginError` (a typo in a
+        hook name would otherwise make the plugin silently do nothing)."""
         self.register(plugin, name=name)
+        unknown = [caller.name for caller in self.get_hookcallers(plugin) or [] if not caller.has_spec()]
+        if unknown:
+            self.unregister(name=name)
+            known = [n for n in dir(hookspecs) if n.startswith("lorakit_")]
+            raise PluginError(f"unknown hook {unknown[0]}{did_you_mean(unknown[0], known)}")
         self.distributions[name] = (distribution, version)
+
+    def leave_out(self, name: str, reason: str, report: Callable[[str], None] | None = None) -> None:
+        """Unregister a plugin that failed after loading and report it like an import failure."""
+        dist, version = self.distributions.pop(name, (None, None))
+        if self.has_plugin(name):
+            self.unregister(name=name)
+        failure = LoadFailure(name=name, distribution=dist, version=version, reason=reason)
+        self.failures.append(failure)
+        (report or self.report or _stderr)(failure.message())
 
     def load_entrypoints(
         self,
@@ -173,6 +194,7 @@ class PluginManager(pluggy.PluginManager):
         distribution itself are essential and always load unless named in ``disable``.
         """
         disable = disable or set()
+        self.report = report
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
@@ -186,13 +208,11 @@ class PluginManager(pluggy.PluginManager):
             try:
                 plugin = ep.load()
                 self.register_plugin(plugin, ep.name, dist, version)
-            except Exception as exc:  # a broken plugin must never take the CLI down
-                failure = LoadFailure(
-                    name=ep.name, distribution=dist, version=version, reason=f"{type(exc).__name__}: {exc}"
-                )
-                self.failures.append(failure)
-                (report or _stderr)(failure.message())
-        self.check_pending()
+            except (Exception, SystemExit) as exc:  # a broken plugin must never take the CLI down
+                reason = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+                reason = " ".join(reason.split())
+                self.distributions[ep.name] = (dist, version)
+                self.leave_out(ep.name, reason, report)
 
     def infos(self) -> list[PluginInfo]:
         result = []
@@ -222,29 +242,76 @@ def new_manager(
 
 
 class Plugins:
-    """Typed access to the hooks: one method per hook, registries built once and cached."""
+    """Typed access to the hooks: one method per hook, registries built once and cached.
+
+    A plugin whose registration hook raises or registers something invalid is left out whole (none of its
+    specs, none of its event hooks) and reported like an import failure; a raising event hook is a warning.
+    """
 
     def __init__(self, pm: PluginManager):
         self.pm = pm
-        self._registries: dict[str, Registry[Any]] = {}
+        self._registries: dict[str, Registry[Any]] | None = None
 
     def _registry(self, kind: str) -> Registry[Any]:
-        if kind not in self._registries:
-            registry: Registry[Any] = Registry(kind)
+        return self.registries()[kind]
+
+    def _collect(self) -> tuple[list[str], dict[str, list[tuple[str, Any]]]]:
+        """Call every registration hook; return plugin order and what each plugin registered."""
+        order: list[str] = []
+        staged: dict[str, list[tuple[str, Any]]] = {}
+        broken: dict[str, str] = {}
+        for kind in SPEC_KINDS:
             hook = getattr(self.pm.hook, f"lorakit_register_{kind}")
-            # Each implementation gets its own `register`, so a clash can name both distributions.
             for impl in hook.get_hookimpls():
-                dist = self.pm.distributions.get(impl.plugin_name, (None, None))[0]
+                name = impl.plugin_name
+                if name in broken:
+                    continue
+                if name not in staged:
+                    order.append(name)
+                items = staged.setdefault(name, [])
 
-                def register(spec: Any, _plugin: str = impl.plugin_name, _dist: str | None = dist) -> None:
-                    registry.add(spec, plugin=_plugin, distribution=_dist)
+                def register(spec: Any, _kind: str = kind, _items: list = items) -> None:
+                    _items.append((_kind, spec))
 
-                impl.function(register)
-            self._registries[kind] = registry
-        return self._registries[kind]
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except Exception as exc:
+                    broken[name] = f"{hook.name} raised {type(exc).__name__}: {exc}"
+                    continue
+                for _kind, spec in items:
+                    if not isinstance(spec, SPEC_KINDS[_kind]):
+                        broken[name] = (
+                            f"registered a {type(spec).__name__} as {_kind}; "
+                            f"expected {SPEC_KINDS[_kind].__name__}"
+                        )
+        for name, reason in broken.items():
+            self.pm.leave_out(name, reason)
+        return [n for n in order if n not in broken], staged
 
     def registries(self) -> dict[str, Registry[Any]]:
-        return {kind: self._registry(kind) for kind in SPEC_KINDS}
+        if self._registries is not None:
+            return self._registries
+        registries: dict[str, Registry[Any]] = {kind: Registry(kind) for kind in SPEC_KINDS}
+        order, staged = self._collect()
+        # in a clash lorakit's own built-ins win; between third-party plugins, the first one loaded
+        order.sort(key=lambda n: self.pm.distributions.get(n, (None, None))[0] != CORE_DISTRIBUTION)
+        for name in order:
+            dist = self.pm.distributions.get(name, (None, None))[0]
+            clash = next(
+                (
+                    registries[kind].clash_message(spec.name, plugin=name, distribution=dist)
+                    for kind, spec in staged[name]
+                    if spec.name in registries[kind]
+                ),
+                None,
+            )
+            if clash is not None:  # the later plugin is left out; the earlier one keeps working
+                self.pm.leave_out(name, clash)
+                continue
+            for kind, spec in staged[name]:
+                registries[kind].add(spec, plugin=name, distribution=dist)
+        self._registries = registries
+        return registries
 
     def backbones(self) -> Registry[BackboneSpec]:
         return self._registry("backbones")
@@ -285,21 +352,43 @@ class Plugins:
             )
         return best[1]
 
+    def _each(self, hook_name: str, *, firstresult: bool = False, **kwargs: Any) -> Any:
+        """Call each implementation of a hook (newest first, as pluggy does), with the arguments it takes.
+
+        An implementation that raises is a warning naming the plugin, never the caller's failure: a tracker
+        or a device probe must not take a run or a command down.
+        """
+        results = []
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                warnings.warn(
+                    f'plugin "{impl.plugin_name}": {hook_name} raised {type(exc).__name__}: {exc}; ignored',
+                    LorakitWarning,
+                    stacklevel=2,
+                )
+                continue
+            if result is not None:
+                if firstresult:
+                    return result
+                results.append(result)
+        return None if firstresult else results
+
     def resolve_backbone(self, model_config: Any) -> str | None:
-        return self.pm.hook.lorakit_resolve_backbone(model_config=model_config)
+        return self._each("lorakit_resolve_backbone", firstresult=True, model_config=model_config)
 
     def detect_devices(self) -> list[Device]:
-        result = self.pm.hook.lorakit_detect_devices()
-        return list(result or [])
+        return list(self._each("lorakit_detect_devices", firstresult=True) or [])
 
     def on_run_start(self, *, exp_id: str, config: Mapping[str, Any], output_dir: str) -> None:
-        self.pm.hook.lorakit_on_run_start(exp_id=exp_id, config=config, output_dir=output_dir)
+        self._each("lorakit_on_run_start", exp_id=exp_id, config=config, output_dir=output_dir)
 
     def on_epoch_end(self, *, exp_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        self.pm.hook.lorakit_on_epoch_end(exp_id=exp_id, epoch=epoch, metrics=metrics)
+        self._each("lorakit_on_epoch_end", exp_id=exp_id, epoch=epoch, metrics=metrics)
 
     def on_run_end(self, *, exp_id: str, status: str, metrics: Mapping[str, Any], output_dir: str) -> None:
-        self.pm.hook.lorakit_on_run_end(exp_id=exp_id, status=status, metrics=metrics, output_dir=output_dir)
+        self._each("lorakit_on_run_end", exp_id=exp_id, status=status, metrics=metrics, output_dir=output_dir)
 
     def describe(self) -> list[dict[str, Any]]:
         """What ``lorakit plugins --json`` prints: one dict per plugin (and one per load failure)."""

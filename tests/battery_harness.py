@@ -21,7 +21,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +62,18 @@ def _environment(env: Mapping[str, str | None] | None, cwd: Path | None) -> Iter
 
 
 def lorakit(
-    *args: str, env: Mapping[str, str | None] | None = None, cwd: Path | None = None, stdin: str = ""
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+    stdin: str = "",
+    path: Sequence[Path] = (),
 ) -> Outcome:
-    """Run ``lorakit ARGS`` in this process with fresh plugins; return its exit code and output."""
+    """Run ``lorakit ARGS`` in this process with fresh plugins; return its exit code and output.
+
+    ``path`` is put in front of ``sys.path`` for the call: a folder holding a ``*.dist-info`` is an installed
+    plugin, found through its entry points as an installed package would be.
+    """
+    import importlib
     import sys
 
     from lorakit import cli, plugins
@@ -72,7 +81,9 @@ def lorakit(
     out, err = io.StringIO(), io.StringIO()
     code = 0
     previous = plugins.set_plugins(None)  # load entry points afresh, honouring env
-    old_stdin, old_showwarning = sys.stdin, warnings.showwarning
+    old_stdin, old_showwarning, old_path = sys.stdin, warnings.showwarning, list(sys.path)
+    sys.path[:0] = [str(p) for p in path]
+    importlib.invalidate_caches()
     try:
         with (
             _environment({"LORAKIT_NO_PROGRESS": "1", **(env or {})}, cwd),
@@ -87,6 +98,7 @@ def lorakit(
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        sys.path[:] = old_path
         sys.stdin = old_stdin
         warnings.showwarning = old_showwarning
         plugins.set_plugins(previous)
@@ -94,14 +106,20 @@ def lorakit(
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``root`` with its size and modification time: equal snapshots, nothing changed."""
+    """Every path under ``root`` with its size and modification time: equal snapshots, nothing changed.
+
+    A folder counts by its presence only: a lock file made and removed again changes its mtime.
+    """
     result: dict[str, tuple[int, int]] = {}
     for path in sorted(root.rglob("*")):
         try:
             stat = path.lstat()
         except FileNotFoundError:
             continue
-        size = stat.st_size if path.is_file() and not path.is_symlink() else -1
+        if path.is_dir() and not path.is_symlink():
+            result[str(path.relative_to(root))] = (-1, 0)
+            continue
+        size = stat.st_size if path.is_file() else -1
         result[str(path.relative_to(root))] = (size, stat.st_mtime_ns)
     return result
 
@@ -124,6 +142,6 @@ def expect_warning(result: Outcome, expected: str, code: int = 0) -> None:
     assert any(line.startswith("Warning") and expected in line for line in result.err_lines), result.err
 
 
-def case(*values: object, id: str) -> object:  # noqa: A002 - pytest's own name
+def case(*values: object, id: str) -> object:
     """``pytest.param`` with a readable id (the battery's cases are listed by id)."""
     return pytest.param(*values, id=id)

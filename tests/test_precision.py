@@ -113,7 +113,8 @@ def test_wrong_adapter_fails_the_reload_check_and_is_recorded(project, cli):  # 
     assert "resumed from" in (out / "wrong" / "train.log").read_text(encoding="utf-8")
 
 
-def test_failure_after_training_is_recorded_and_resume_finishes(project, cli):  # noqa: F811
+def test_a_raising_run_end_hook_is_a_warning_not_a_failed_run(project, cli):  # noqa: F811
+    """Event hooks observe a run (trackers, notifiers): one that raises never fails the run (issue 12)."""
     out = outputs(project)
     config = project("runend", tasks=1, epochs=1)
     result = subprocess.run(
@@ -122,23 +123,14 @@ def test_failure_after_training_is_recorded_and_resume_finishes(project, cli):  
         text=True,
         env=faults_env(LORAKIT_FAULT_RUN_END="1"),
     )
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: runend failed: RuntimeError: fault injected: on_run_end refused runend"]
-    run = read(out / "runend", "run.json")
-    assert run["status"] == "failed"
-    assert run["error"] == "RuntimeError: fault injected: on_run_end refused runend"
-    table = cli("ls", "--outputs", str(out))
-    assert "failed" in table.stdout
-    index = read(out, "experiment_index.json")
-    assert index["experiments"]["runend"]["status"] == "failed"
-    assert index["experiments"]["runend"]["error"] == run["error"]
-
-    again = cli("train", str(config), "--outputs", str(out))
-    assert again.returncode == 2 and "unfinished run (failed); use --resume" in again.stderr
-    resumed = cli("train", str(config), "--outputs", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: plugin")]
+    assert warnings == [
+        'Warning: plugin "faults": lorakit_on_run_end raised RuntimeError: '
+        "fault injected: on_run_end refused runend; ignored"
+    ]
     assert read(out / "runend", "run.json")["status"] == "completed"
+    assert read(out, "experiment_index.json")["experiments"]["runend"]["status"] == "completed"
 
 
 def test_sigusr1_during_model_loading_preempts_and_resume_completes(project, cli):  # noqa: F811

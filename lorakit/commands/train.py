@@ -35,7 +35,7 @@ def train(
     nproc: int | None,
 ) -> None:
     """Train the experiment described by CONFIG_PATH."""
-    from ..errors import LorakitError
+    from ..errors import LorakitError, machine_problem
     from ..experiment import Experiment
     from ..training import distributed
     from ..training.loop import RunStopped, catch_early_signals
@@ -64,17 +64,23 @@ def train(
     except Exception as exc:
         if distributed.in_worker():
             distributed.record_rank_error(exc)  # the launcher says which rank failed, and why
-        # a failure after the folder was opened is recorded there; say so in one line (-v: traceback)
+        # a failure after the folder was opened is recorded there; say so in one line (-v: traceback).
+        # A fault of the machine (full disk, read-only folder) is one line and exit 2 even where it kept
+        # the failure from being recorded.
+        machine = machine_problem(exc, experiment.output_dir)
         failed = _recorded_failure(experiment.outputs, experiment.config.exp_id)
-        if failed is None or (click.get_current_context().obj or {}).get("verbose"):
+        if (failed is None and machine is None) or (click.get_current_context().obj or {}).get("verbose"):
             raise
+        if failed is None:  # the machine refused before anything could be recorded
+            click.echo(f"Error: {machine}", err=True)
+            sys.exit(2)
         click.echo(f"Error: {experiment.config.exp_id} failed: {failed}", err=True)
         click.echo(
             f"  recorded in {experiment.output_dir / 'run.json'}; traceback in "
             f"{experiment.output_dir / 'train.log'}; checkpoints kept: continue with --resume",
             err=True,
         )
-        sys.exit(1)
+        sys.exit(2 if machine else 1)
     if not result.best and distributed.in_worker():
         return  # ranks other than 0 have nothing to report
     best = result.best
@@ -120,7 +126,7 @@ def predict(
     batch_size: int,
 ) -> None:
     """Classify texts with experiment EXP (default: the active experiment)."""
-    from ..errors import LorakitError
+    from ..errors import LorakitError, MachineError, machine_problem
     from ..experiment import Experiment
 
     if bool(texts) == bool(input_path):
@@ -134,6 +140,12 @@ def predict(
 
     assert input_path is not None  # checked above: exactly one of --text / --input
 
-    written = predict_file(predictor, input_path, output_path, batch_size=batch_size)
+    try:
+        written = predict_file(predictor, input_path, output_path, batch_size=batch_size)
+    except OSError as exc:  # a full disk or a folder in place of the output file: name the file
+        problem = machine_problem(exc, output_path)
+        if problem is None:
+            raise
+        raise MachineError(problem) from exc
     if output_path:
         click.echo(f"{written} rows → {output_path}", err=True)

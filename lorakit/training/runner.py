@@ -32,6 +32,9 @@ log = logging.getLogger("lorakit.train")
 
 # Keys that do not change what is trained: a resume may differ in them.
 NON_RESULT_KEYS = ("description", "resources", "train.checkpoint_every_steps", "train.device")
+# Keys added after runs were started, at the default that behaves as before they existed: left out of the
+# fingerprint, so upgrading lorakit does not refuse to resume a run that was going.
+ADDED_KEYS = {"data.missing_labels": "error"}
 
 
 @attrs.define(kw_only=True, frozen=True)
@@ -54,6 +57,10 @@ def config_fingerprint(cfg: ExperimentConfig) -> str:
             data.get(head, {}).pop(tail, None)
         else:
             data.pop(head, None)
+    for key, default in ADDED_KEYS.items():
+        head, _, tail = key.partition(".")
+        if data.get(head, {}).get(tail) == default:
+            data[head].pop(tail)
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -93,29 +100,38 @@ class _LogToFile:
 
 def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -> bool:
     """Decide what to do with an existing folder; True when a resume should load a checkpoint."""
-    if not layout.root.exists():
+    root = layout.root
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        kind = "a symbolic link" if root.is_symlink() else "a file"
+        raise ResumeError(f"{root} is {kind}, not an experiment folder; move it away or choose another exp_id")
+    if not root.exists():
+        return False
+    if force:
+        # --force replaces an experiment folder (or an empty one), never anything else a user keeps there
+        if any(root.iterdir()) and not (layout.run_info.exists() or layout.config_copy.exists()):
+            raise ResumeError(
+                f"{root} exists and is not a lorakit experiment (no run.json); --force replaces only "
+                "experiment folders: move it away or choose another exp_id"
+            )
         return False
     info = read_json(layout.run_info) if layout.run_info.is_file() else None
-    if force:
-        return False
     if info is None:
-        if any(layout.root.iterdir()):
+        if any(root.iterdir()):
             raise ResumeError(
-                f"{layout.root} exists and is not a lorakit experiment; use --force to replace it"
+                f"{root} exists and is not a lorakit experiment (no run.json); move it away or choose "
+                "another exp_id"
             )
         return False
     status = info.get("status")
     if not resume:
         if status == "completed":
-            raise ResumeError(f"{layout.root} holds a completed experiment; use --force to train it again")
-        raise ResumeError(
-            f"{layout.root} holds an unfinished run ({status}); use --resume to continue or --force"
-        )
+            raise ResumeError(f"{root} holds a completed experiment; use --force to train it again")
+        raise ResumeError(f"{root} holds an unfinished run ({status}); use --resume to continue or --force")
     if status == "completed":
-        raise ResumeError(f"{layout.root} is already completed; nothing to resume (use --force to retrain)")
+        raise ResumeError(f"{root} is already completed; nothing to resume (use --force to retrain)")
     if info.get("config_fingerprint") != cfg_fp:
         raise ResumeError(
-            f"{layout.root}: the config changed since this run started; resume refused (use --force to start over)"
+            f"{root}: the config changed since this run started; resume refused (use --force to start over)"
         )
     return True
 
@@ -157,7 +173,7 @@ def run_lock(exp_id: str, outputs: str | Path | None) -> Any:
         holder = f"process {pid}" if pid else "another process"
         return RunInProgress(f"{layout.root}: {holder} is training this experiment; wait for it or stop it")
 
-    return PidLock(layout.root.parent / ".locks" / f"{exp_id}.lock", busy)
+    return PidLock(layout.root.parent / ".locks" / f"{exp_id}.lock", busy, own_folder=True)
 
 
 @attrs.define(kw_only=True)
@@ -423,13 +439,31 @@ def _record_failure(
     if isinstance(exc, RunStopped):
         status, reason = "preempted", exc.signal_name
     else:
-        status, reason = "failed", failure_reason(exc)
+        status, reason = "failed", failure_reason(exc, layout.root)
     if status == "failed":
         _log_traceback(layout, exc)
     try:
         _finish(layout, run_info, loop, plugins, cfg, status, reason)
-    except Exception as hook_exc:  # the run's own failure is the news; a plugin failing on it is logged
-        log.warning("lorakit_on_run_end raised while recording %s: %s", status, failure_reason(hook_exc))
+    except Exception as record_exc:  # a full disk may refuse the record too: the run's failure is the news
+        if not _record_in_place(layout.run_info, run_info):
+            log.warning("could not record %s in %s: %s", status, layout.run_info, failure_reason(record_exc))
+
+
+def _record_in_place(path: Path, run_info: dict) -> bool:
+    """Last resort on a full disk: rewrite run.json in place (its own blocks are freed by the truncation, so
+    the record fits where a temp file for an atomic write did not). True when it was written."""
+    from ..fsutil import dumps_json
+
+    data = dumps_json(run_info).encode("utf-8")
+    try:
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        return False
+    return True
 
 
 def _log_traceback(layout: RunLayout, exc: BaseException) -> None:
@@ -438,13 +472,17 @@ def _log_traceback(layout: RunLayout, exc: BaseException) -> None:
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     with contextlib.suppress(OSError), open(layout.train_log, "a", encoding="utf-8") as fh:
-        fh.write(f"{now()} ERROR run failed: {failure_reason(exc)}\n{text}")
+        fh.write(f"{now()} ERROR run failed: {failure_reason(exc, layout.root)}\n{text}")
 
 
-def failure_reason(exc: BaseException) -> str:
-    """One line: the error's own message for lorakit's errors, else its type and message."""
-    from ..errors import LorakitError
+def failure_reason(exc: BaseException, where: Path | None = None) -> str:
+    """One line: a fault of the machine as ``<path>: disk full (...)``, the message of lorakit's errors,
+    else the error's type and message. ``where`` is the folder written to when the error names no path."""
+    from ..errors import LorakitError, machine_problem
 
+    machine = machine_problem(exc, where)
+    if machine is not None:
+        return machine
     text = str(exc) if isinstance(exc, LorakitError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split()) or type(exc).__name__
 

@@ -7,6 +7,8 @@ group, the way an installed plugin package would.
   sleeps ``$LORAKIT_FAULT_LOAD_SECONDS`` (default 0): a window in which to signal a run during loading.
 * ``$LORAKIT_FAULT_CORRUPT_ADAPTER`` (a path to ``adapter_model.safetensors``) — after every epoch the saved
   adapter's LoRA B matrices get noise: a wrong adapter on disk.
+* ``$LORAKIT_FAULT_FILL_DISK=<epoch>`` with ``$LORAKIT_FAULT_FILL_PATH`` — at the end of that epoch (before its
+  checkpoint is written) a file at that path grows until its disk is full: a real full disk, mid-run.
 * ``$LORAKIT_FAULT_RUN_END=1`` — ``lorakit_on_run_end`` raises when a run completes.
 * loss ``amplified`` — cross entropy times ``factor`` (``train.loss_options.factor``): in fp16 the scaled
   gradients overflow, so the loss scaler skips steps.
@@ -78,6 +80,8 @@ def lorakit_register_losses(register):
 
 @hookimpl
 def lorakit_on_epoch_end(exp_id, epoch, metrics):
+    if os.environ.get("LORAKIT_FAULT_FILL_DISK") == str(epoch):
+        _fill_disk(Path(os.environ["LORAKIT_FAULT_FILL_PATH"]))
     path = os.environ.get("LORAKIT_FAULT_CORRUPT_ADAPTER")
     if not path or not Path(path).is_file():
         return
@@ -90,6 +94,16 @@ def lorakit_on_epoch_end(exp_id, epoch, metrics):
         if "lora_B" in name:
             weights[name] = tensor + torch.randn(tensor.shape, generator=generator)
     save_file(weights, path)
+
+
+def _fill_disk(path: Path) -> None:
+    chunk = b"\0" * 4096
+    with open(path, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(chunk)
+        except OSError:  # ENOSPC: the disk is full now
+            pass
 
 
 @hookimpl
