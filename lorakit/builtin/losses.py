@@ -42,7 +42,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_class_weights(class_weights: Any, num_labels: int) -> list[float] | None:
-    """Validate ``class_weights`` (one non-negative number per class) and return them as floats."""
+    """Validate ``class_weights`` (one positive number per class) and return them as floats."""
     if class_weights is None:
         return None
     key = "train.loss_options.class_weights"
@@ -54,8 +54,9 @@ def _check_class_weights(class_weights: Any, num_labels: int) -> list[float] | N
         raise ConfigError(
             [f"{key}: has {len(class_weights)} values but the task has {num_labels} labels; give one each"]
         )
-    if not all(_is_number(w) and w >= 0 for w in class_weights):
-        raise ConfigError([f"{key}: every weight must be a finite number >= 0, got {list(class_weights)!r}"])
+    if not all(_is_number(w) and w > 0 for w in class_weights):
+        # a class weighted 0 makes a batch of only that class 0 / 0 in the weighted mean
+        raise ConfigError([f"{key}: every weight must be a finite number > 0, got {list(class_weights)!r}"])
     return [float(w) for w in class_weights]
 
 
@@ -92,13 +93,24 @@ def _module_classes() -> dict[str, type]:
             self.label_smoothing = float(label_smoothing)
 
         def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(
+            # torch's mean, spelled out: the sum over labelled rows divided by their count (or their summed
+            # class weights). torch's own gives NaN for a batch with no labelled row (0 / 0), which masked
+            # labels make common; this gives 0 there, and needs no host sync to find out.
+            weight = self._weight_like(logits)
+            per_row = F.cross_entropy(
                 logits,
                 labels,
-                weight=self._weight_like(logits),
+                weight=weight,
                 label_smoothing=self.label_smoothing,
                 ignore_index=IGNORE_INDEX,
+                reduction="none",
             )
+            labelled = labels != IGNORE_INDEX
+            if weight is None:
+                total = labelled.sum().to(per_row.dtype)
+            else:
+                total = (weight.to(per_row.dtype)[labels.clamp_min(0)] * labelled).sum()
+            return per_row.sum() / (total + (total == 0).to(total.dtype))
 
         def extra_repr(self) -> str:
             return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}"
@@ -155,9 +167,10 @@ def build_cross_entropy(
     weights = _check_class_weights(class_weights, num_labels)
     if label_smoothing is None:
         label_smoothing = 0.0
-    if not _is_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
+    if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+        # 1 would replace every target with the uniform distribution: nothing left to learn
         raise ConfigError(
-            [f"train.loss_options.label_smoothing: must be a number in [0, 1], got {label_smoothing!r}"]
+            [f"train.loss_options.label_smoothing: must be a number in [0, 1), got {label_smoothing!r}"]
         )
     return _module_classes()["CrossEntropyLoss"](weights, float(label_smoothing))
 

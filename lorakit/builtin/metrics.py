@@ -17,12 +17,16 @@ from lorakit.specs import MetricSpec
 if TYPE_CHECKING:
     import numpy as np
 
+# A row without a label for the task (torch's ignore_index, which the losses skip too).
+IGNORE_INDEX = -100
+
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_labels: int) -> np.ndarray:
     """The ``num_labels x num_labels`` count matrix, rows = true class, columns = predicted class.
 
-    Labels outside ``[0, num_labels)`` are a bug upstream (label encoding should have caught them),
-    so they raise ``ValueError`` rather than being silently dropped.
+    Rows whose true label is -100 have no label for this task (``data.missing_labels = "mask"``) and are
+    left out. Other labels outside ``[0, num_labels)`` are a bug upstream (label encoding should have
+    caught them), so they raise ``ValueError`` rather than being silently dropped.
     """
     import numpy as np
 
@@ -30,6 +34,8 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_labels: int) -> np.ndarray:
     pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if true.shape != pred.shape:
         raise ValueError(f"y_true has {true.size} items but y_pred has {pred.size}")
+    labelled = true != IGNORE_INDEX
+    true, pred = true[labelled], pred[labelled]
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
     for name, arr in (("y_true", true), ("y_pred", pred)):

@@ -8,6 +8,8 @@ child in another folder inherits it. ``pkg://package/sub/path`` points inside an
 from __future__ import annotations
 
 import copy
+import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,18 +132,56 @@ def _merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
+def file_kind_problem(path: str | Path) -> str | None:
+    """``not a regular file (a FIFO)`` and the like when ``path`` exists but is not a regular file, else None
+    (a missing file is for whoever reads it to report). Checked before opening: opening a FIFO blocks until
+    some writer comes, for ever if none does."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
+    return f"not a regular file ({kind})"
+
+
+def _toml_text(path: Path, referrer: str | None) -> str:
+    """The config file's text: a regular file of UTF-8 (a leading byte-order mark is dropped)."""
+    problem = file_kind_problem(path)
+    if problem is not None:
+        where = f"base_config: {path} is " if referrer else f"{path}: "
+        raise ConfigError([f"{where}{problem}{f' ({referrer})' if referrer else ''}"])
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         if referrer:
             raise ConfigError([f"base_config: {path} does not exist ({referrer})"]) from None
         raise ConfigError([f"{path}: config file does not exist"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line})"]
+        ) from None
+
+
+def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
+    text = _toml_text(path, referrer)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
 
 
 def _load_chain(

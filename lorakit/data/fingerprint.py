@@ -73,6 +73,8 @@ def _source(path: str | None, plugins: Plugins) -> dict[str, Any] | None:
         ]
         reader = f"{spec.name} ({dist} {version})"
     try:
+        if not Path(path).is_file():  # a FIFO would block the hash for ever; the reader names the problem
+            raise FileNotFoundError(path)
         sha = file_sha256(path)
         size = Path(path).stat().st_size
     except OSError:
@@ -117,7 +119,11 @@ def fingerprint_inputs(cfg: ExperimentConfig, plugins: Plugins | None = None) ->
             name: {"column": r.column, "bins": list(r.bins), "labels": list(r.labels), "right": r.right}
             for name, r in d.derive.items()
         },
-        "filters": {"drop_unknown_labels": d.drop_unknown_labels, "drop_empty_text": d.drop_empty_text},
+        "filters": {
+            "drop_unknown_labels": d.drop_unknown_labels,
+            "drop_empty_text": d.drop_empty_text,
+            "missing_labels": d.missing_labels,
+        },
         "sampling": {
             "max_rows": d.max_rows,
             "sample_seed": d.sample_seed if d.max_rows is not None else None,

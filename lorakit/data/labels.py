@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LorakitWarning
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,12 +22,26 @@ if TYPE_CHECKING:
     from ..config.schema import ExperimentConfig
 
 TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
+# The id of a masked label cell (data.missing_labels = "mask"): torch's ignore_index, which the losses skip
+# and the metrics leave out.
+MASKED = -100
+# Per task, whether a row's label cell is empty (read_table adds one such column per task).
+EMPTY_PREFIX = "__empty__:"
 # How many offending rows an error message quotes: enough to spot a pattern, short enough for one line.
 QUOTED_ROWS = 5
 
 
+class LabelWarning(LorakitWarning):
+    """A label of a task has no training rows, or a task has no labelled validation rows."""
+
+
 def read_global_label_map(path: str | Path) -> dict[str, int]:
     """Read and check ``global_label_map.json``; raises ConfigError naming the file."""
+    from ..config.loader import file_kind_problem
+
+    problem = file_kind_problem(path)
+    if problem is not None:
+        raise ConfigError([f"{path}: {problem}"])
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -139,6 +153,13 @@ def build_label_map(
                     ]
                 )
             labels = list(data_labels[task])
+        if len(labels) < 2:  # the config's own lists are checked when it loads: these came from the data
+            key = _subset_key(cfg, task) if isinstance(cfg.data.label_subset, dict) else "data.label_column"
+            raise ConfigError(
+                [
+                    f"{key}: task {task!r} has {len(labels)} label(s) {list(labels)}; a classifier needs at least 2"
+                ]
+            )
         if global_map is None:
             global_ids: list[int | None] = [None] * len(labels)
         else:
@@ -158,44 +179,113 @@ def _quote(value: Any) -> str:
     return repr(value)
 
 
+def empty_cells(series: pd.Series) -> np.ndarray:
+    """Cells that hold no label: missing, or nothing but whitespace."""
+    import numpy as np
+
+    blank = np.fromiter((isinstance(v, str) and not v.strip() for v in series), dtype=bool, count=len(series))
+    return series.isna().to_numpy(dtype=bool) | blank
+
+
+def _empty_mask(frame: pd.DataFrame, task: str) -> np.ndarray:
+    column = f"{EMPTY_PREFIX}{task}"
+    if column in frame.columns:  # read_table knows better: a derived cell is empty when its source is
+        return frame[column].to_numpy(dtype=bool)
+    return empty_cells(frame[task])
+
+
+@attrs.define(kw_only=True, frozen=True)
+class EncodedLabels:
+    """A frame's label ids and what became of the rows without a usable label."""
+
+    ids: Any  # np.ndarray [n, tasks] int64; MASKED where a masked cell is empty
+    keep: Any  # np.ndarray [n] bool: the rows that stay
+    dropped_unknown: dict[str, int]  # per task: rows dropped for a label outside the task's labels
+    dropped_missing: dict[str, int]  # per task: rows dropped that had an empty cell in this column
+    masked: dict[str, int]  # per task: rows kept with this task's label masked
+
+
 def encode_labels(
     frame: pd.DataFrame,
     label_map: LabelMap,
     *,
     path: str,
     drop_unknown: bool,
+    missing: str = "error",
     fixes: Mapping[str, str] | None = None,
     context: Mapping[str, str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+) -> EncodedLabels:
     """Map each task column of ``frame`` (label strings, NaN for none) to contiguous ids.
 
-    Returns ``(ids [n, tasks] int64, keep mask, {task: rows dropped})``. A row whose label is outside the
-    task's labels is an error naming the file, the column, how many rows, the first row numbers and values,
-    and the fix, unless ``drop_unknown``. ``frame["__row__"]`` holds 1-based row numbers of the file;
-    ``unknown_hints`` adds per-task context (e.g. a derive rule's source values) to the message.
+    A row whose label is outside the task's labels is an error naming the file, the column, how many rows,
+    the first row numbers and values, and the fix, unless ``drop_unknown`` (then the row is dropped). An
+    empty cell is such a label when ``missing`` is ``"error"``; with ``"drop"`` its row is dropped, with
+    ``"mask"`` the cell gets id :data:`MASKED` and the row stays while some task still has a label.
+    ``frame["__row__"]`` holds 1-based row numbers of the file; ``context`` adds per-task detail (e.g. a
+    derive rule's source values) to the message.
     """
     import numpy as np
 
-    n = len(frame)
-    ids = np.zeros((n, len(label_map.tasks)), dtype=np.int64)
+    n, tasks = len(frame), label_map.tasks
+    ids = np.zeros((n, len(tasks)), dtype=np.int64)
     keep = np.ones(n, dtype=bool)
-    dropped: dict[str, int] = {}
-    for j, task in enumerate(label_map.tasks):
+    empty = np.zeros((n, len(tasks)), dtype=bool)
+    dropped_unknown: dict[str, int] = {}
+    for j, task in enumerate(tasks):
         codes = frame[task.name].map(task.id_of())  # unknown and NaN both become NaN
         bad = codes.isna().to_numpy()
-        count = int(bad.sum())
-        if count and not drop_unknown:
-            rows = frame["__row__"].to_numpy()[bad][:QUOTED_ROWS]
-            values = frame[task.name].to_numpy()[bad][:QUOTED_ROWS]
-            listed = ", ".join(f"row {r}: {_quote(v)}" for r, v in zip(rows, values, strict=True))
-            more = ", ..." if count > QUOTED_ROWS else ""
-            extra = (context or {}).get(task.name, "")
-            fix = (fixes or {}).get(task.name, "add the label to data.label_subset")
-            raise DataError(
-                f"{path}: column {task.name!r}: {count} row(s) have a label outside {task.labels} "
-                f"({listed}{more}){extra}; {fix}, or set data.drop_unknown_labels = true to drop these rows"
-            )
-        dropped[task.name] = count
-        keep &= ~bad
+        if missing != "error":
+            empty[:, j] = bad & _empty_mask(frame, task.name)
+        unknown = bad & ~empty[:, j]
+        if unknown.any() and not drop_unknown:
+            raise _unknown_labels(frame, task, unknown, path, (fixes or {}).get(task.name), context)
+        dropped_unknown[task.name] = int(unknown.sum())
+        keep &= ~unknown
         ids[~bad, j] = codes[~bad].to_numpy(dtype=np.int64)
-    return ids, keep, dropped
+        ids[empty[:, j], j] = MASKED
+    # "drop": a row with any empty cell goes; "mask": only a row with no label left (it would train nothing)
+    gone = keep & (empty.any(axis=1) if missing == "drop" else empty.all(axis=1))
+    keep &= ~gone
+    return EncodedLabels(
+        ids=ids,
+        keep=keep,
+        dropped_unknown=dropped_unknown,
+        dropped_missing={t.name: int((gone & empty[:, j]).sum()) for j, t in enumerate(tasks)},
+        masked={t.name: int((keep & empty[:, j]).sum()) for j, t in enumerate(tasks)},
+    )
+
+
+def _unknown_labels(
+    frame: pd.DataFrame,
+    task: TaskLabels,
+    unknown: np.ndarray,
+    path: str,
+    fix: str | None,
+    context: Mapping[str, str] | None,
+) -> DataError:
+    count = int(unknown.sum())
+    values = frame[task.name].to_numpy()[unknown]
+    rows = frame["__row__"].to_numpy()[unknown][:QUOTED_ROWS]
+    listed = ", ".join(f"row {r}: {_quote(v)}" for r, v in zip(rows, values[:QUOTED_ROWS], strict=True))
+    more = ", ..." if count > QUOTED_ROWS else ""
+    extra = (context or {}).get(task.name, "")
+    fix = fix or "add the label to data.label_subset"
+    empties = any(_quote(v) == "<empty>" for v in values)
+    hole = '; for the empty cells, data.missing_labels = "drop" or "mask" also works' if empties else ""
+    return DataError(
+        f"{path}: column {task.name!r}: {count} row(s) have a label outside {task.labels} "
+        f"({listed}{more}){extra}; {fix}, or set data.drop_unknown_labels = true to drop these rows{hole}"
+    )
+
+
+def unseen_labels(label_map: LabelMap, ids: np.ndarray) -> dict[str, list[str]]:
+    """Per task, the labels no row of ``ids`` (``[n, tasks]``) carries; tasks that have them all left out."""
+    import numpy as np
+
+    result = {}
+    for j, task in enumerate(label_map.tasks):
+        seen = set(np.unique(np.asarray(ids)[:, j]).tolist()) if len(ids) else set()
+        absent = [label for i, label in enumerate(task.labels) if i not in seen]
+        if absent:
+            result[task.name] = absent
+    return result

@@ -10,14 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .cache import CacheWarning, CorruptEntry, LoadedEntry, discard, entry_path, read_entry, write_entry
 from .cache import cache_root as default_cache_root
 from .fingerprint import file_inputs, fingerprint_inputs, fingerprint_key
-from .labels import LabelMap, build_label_map, configured_labels, encode_labels
+from .labels import (
+    MASKED,
+    LabelMap,
+    LabelWarning,
+    build_label_map,
+    configured_labels,
+    encode_labels,
+    unseen_labels,
+)
 from .reading import ROW, Table, empty_text_mask, read_table
 from .splits import sample_indices, stratified_split
-from .tokenize import TokenizedSplit, tokenize_texts
+from .tokenize import TokenizedSplit, check_max_len, tokenize_texts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +72,9 @@ def prepare_data(
     path = entry_path(root, key)
     loaded = load_verified(path, key)
     if loaded is not None:
-        return from_entry(loaded, hit=True)
+        prepared = from_entry(loaded, hit=True)
+        warn_about_labels(prepared, cfg)
+        return prepared
     label_map, splits, stats = build_splits(cfg, plugins, tokenizer_loader)
     sources = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
     now = file_inputs(cfg, plugins)
@@ -82,9 +92,49 @@ def prepare_data(
         "splits": {name: {"rows": len(s), "tokens": int(s.offsets[-1])} for name, s in splits.items()},
     }
     final = write_entry(root, key, meta, splits)
-    return PreparedData(
+    prepared = PreparedData(
         label_map=label_map, splits=splits, fingerprint=key, cache_path=final, hit=False, stats=stats
     )
+    warn_about_labels(prepared, cfg)
+    return prepared
+
+
+def warn_about_labels(data: PreparedData, cfg: ExperimentConfig) -> None:
+    """A warning per task with a label no training row carries (its head never learns it), and per task
+    with no labelled validation row (its metrics are left out); on hits too, since both stay true."""
+    import numpy as np
+
+    for name, labels in unseen_labels(data.label_map, data.splits["train"].labels).items():
+        warnings.warn(
+            f"task {name!r}: label(s) {labels} have no rows in the training split (from "
+            f"{cfg.data.raw_data_path}); the model never learns them",
+            LabelWarning,
+            stacklevel=3,
+        )
+    val = np.asarray(data.splits["val"].labels) if "val" in data.splits else None
+    if val is None or not len(val):
+        return
+    for j, task in enumerate(data.label_map.tasks):
+        if not (val[:, j] != MASKED).any():
+            _check_headline(cfg, task.name)
+            warnings.warn(
+                f"task {task.name!r}: no validation row has a label (data.missing_labels = "
+                f'"mask"); its metrics are left out',
+                LabelWarning,
+                stacklevel=3,
+            )
+
+
+def _check_headline(cfg: ExperimentConfig, task: str) -> None:
+    """A task without labelled validation rows has no metrics: the epoch to keep cannot be chosen by one."""
+    metric = cfg.train.save_strategy.removeprefix("best_")
+    if metric in {f"{task}_{name}" for name in ("accuracy", "f1", *cfg.train.metrics)}:
+        raise ConfigError(
+            [
+                f"train.save_strategy: {cfg.train.save_strategy!r} needs {metric!r}, but no validation row "
+                f"has a label for task {task!r}"
+            ]
+        )
 
 
 def load_verified(path: Path, key: str) -> LoadedEntry | None:
@@ -147,6 +197,29 @@ def _fixes(cfg: ExperimentConfig) -> dict[str, str]:
     return fixes
 
 
+def _encode(
+    cfg: ExperimentConfig, table: Table, label_map: LabelMap, stats: dict[str, Any], role: str
+) -> tuple[Table, np.ndarray]:
+    """Label ids of a table's rows; rows without a usable label dropped (and counted) or refused."""
+    d = cfg.data
+    result = encode_labels(
+        table.frame,
+        label_map,
+        path=table.path,
+        drop_unknown=d.drop_unknown_labels,
+        missing=d.missing_labels,
+        fixes=_fixes(cfg),
+        context=table.hints,
+    )
+    table.frame = table.frame[result.keep]
+    stats["dropped_unknown_label"][role] = result.dropped_unknown
+    stats["dropped_missing_label"][role] = result.dropped_missing
+    stats["masked_label"][role] = result.masked
+    if len(table.frame) == 0:
+        raise DataError(f"{table.path}: no rows left after dropping empty texts and unusable labels")
+    return table, result.ids[result.keep]
+
+
 def build_splits(
     cfg: ExperimentConfig, plugins: Plugins, tokenizer_loader: Callable[[], Any]
 ) -> tuple[LabelMap, dict[str, TokenizedSplit], dict[str, Any]]:
@@ -159,6 +232,8 @@ def build_splits(
         "rows_read": {role: len(t.frame) for role, t in tables.items()},
         "dropped_empty_text": {},
         "dropped_unknown_label": {},
+        "dropped_missing_label": {},
+        "masked_label": {},
     }
     # Empty texts first: a blank row usually lacks its label too, and "empty text" is the better message.
     for role, table in tables.items():
@@ -166,21 +241,7 @@ def build_splits(
         table.frame = table.frame[~empty]
         stats["dropped_empty_text"][role] = int(empty.sum())
     label_map = build_label_map(cfg, data_labels=_data_labels(cfg, tables["raw"]))
-    encoded: dict[str, tuple[Table, np.ndarray]] = {}
-    for role, table in tables.items():
-        ids, keep, dropped = encode_labels(
-            table.frame,
-            label_map,
-            path=table.path,
-            drop_unknown=d.drop_unknown_labels,
-            fixes=_fixes(cfg),
-            context=table.hints,
-        )
-        table.frame = table.frame[keep]
-        stats["dropped_unknown_label"][role] = dropped
-        if len(table.frame) == 0:
-            raise DataError(f"{table.path}: no rows left after dropping empty texts and unknown labels")
-        encoded[role] = (table, ids[keep])
+    encoded = {role: _encode(cfg, table, label_map, stats, role) for role, table in tables.items()}
 
     raw, raw_ids = encoded["raw"]
     picked = sample_indices(len(raw.frame), d.max_rows, d.sample_seed)
@@ -190,9 +251,11 @@ def build_splits(
         else None
     )
     # Stratify on the label strings, not the ids, so that reordering label_subset keeps the same split.
-    first_labels = np.asarray(label_map.tasks[0].labels)
+    first_labels = np.asarray(label_map.tasks[0].labels, dtype=object)
+    first = raw_ids[picked, 0]
+    strata = np.where(first == MASKED, "", first_labels[np.maximum(first, 0)])  # masked: a stratum of its own
     parts = stratified_split(
-        first_labels[raw_ids[picked, 0]],
+        strata.astype(str),
         val_ratio=d.val_ratio if "val" not in tables else 0.0,
         test_ratio=d.test_ratio if "test" not in tables else 0.0,
         seed=cfg.seed,
@@ -209,6 +272,7 @@ def build_splits(
             raise DataError(f"{d.raw_data_path}: too few rows ({len(picked)}) for a {name} split; add rows")
 
     tokenizer = tokenizer_loader()
+    check_max_len(tokenizer, d.max_len)
     splits: dict[str, TokenizedSplit] = {}
     for name in ("train", "val", "test"):
         if name not in chosen:

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..config.loader import file_kind_problem
 from ..errors import DataError
 from ..specs import ReadOptions
+from .labels import EMPTY_PREFIX, empty_cells
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,6 +88,9 @@ def _derive(frame: pd.DataFrame, name: str, rule: DeriveRule, path: str) -> tupl
 
 def read_table(path: str, cfg: ExperimentConfig, plugins: Plugins) -> Table:
     """Read ``path`` with the data source for its suffix and check the columns the config names."""
+    problem = file_kind_problem(path)
+    if problem is not None:  # a FIFO would block the reader for ever
+        raise DataError(f"{path}: {problem}")
     spec = plugins.data_source_for(path)
     frame = spec.read(path, ReadOptions(encoding=cfg.data.encoding, encoding_errors=cfg.data.encoding_errors))
     frame = frame.reset_index(drop=True)
@@ -100,10 +105,18 @@ def read_table(path: str, cfg: ExperimentConfig, plugins: Plugins) -> Table:
     for task in cfg.task_columns:
         setting = "data.label_subset" if isinstance(cfg.data.label_subset, dict) else "data.label_column"
         _require(frame, task, path, setting)
+    # whether each label cell is empty, before the cells become strings; a derived cell is empty when its
+    # source cell is (a value outside the bins is an unknown label, not a missing one)
+    empty = {
+        EMPTY_PREFIX + task: empty_cells(frame[rule.column] if rule else frame[task])
+        for task, rule in ((t, cfg.data.derive.get(t)) for t in cfg.task_columns)
+    }
     columns = [ROW, cfg.data.text_column, *[t for t in cfg.task_columns if t != cfg.data.text_column]]
     frame = frame[columns].copy()
     for task in cfg.task_columns:
         frame[task] = as_strings(frame[task])
+    for column, mask in empty.items():
+        frame[column] = mask
     frame[cfg.data.text_column] = as_strings(frame[cfg.data.text_column])
     return Table(path=path, frame=frame, hints={k: v for k, v in hints.items() if k in cfg.task_columns})
 

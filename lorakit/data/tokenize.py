@@ -65,3 +65,21 @@ def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_len: int) -> tuple[
     np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     return ids, offsets
+
+
+def check_max_len(tokenizer: Any, max_len: int) -> None:
+    """``data.max_len`` must leave room for text after the special tokens the tokenizer adds to each one
+    (``[CLS]`` and ``[SEP]`` for BERT); at or below them a fast tokenizer keeps whole texts, untruncated."""
+    from ..errors import ConfigError
+
+    try:
+        special = int(tokenizer.num_special_tokens_to_add(pair=False))
+    except (AttributeError, TypeError, ValueError):  # not a transformers tokenizer: nothing to check against
+        return
+    if max_len <= special:
+        raise ConfigError(
+            [
+                f"data.max_len: {max_len} leaves no room for text: the tokenizer adds {special} special "
+                f"token(s) to every text; use at least {special + 1}"
+            ]
+        )

@@ -10,7 +10,7 @@ from ..config.schema import ExperimentConfig
 from ..errors import ConfigError, PluginError
 from ..plugins import Plugins
 from ..specs import BackboneSpec, TaskHeadSpec
-from .targets import detect_attention_modules, quiet_peft
+from .targets import detect_attention_modules, quiet_peft, target_module_problems
 
 
 @attrs.define(kw_only=True)
@@ -99,6 +99,7 @@ def plan_model(
     for metric in cfg.train.metrics:
         _lookup(plugins.metrics(), metric, "train.metrics")
     options = method_options(cfg)
+    _check_targets(cfg, options, encoder)
     targets = options.get("target_modules") or (
         list(backbone.target_modules) if backbone.target_modules else detect_attention_modules(encoder)
     )
@@ -144,14 +145,50 @@ def plan_model(
     )
 
 
+def _check_targets(cfg: ExperimentConfig, options: dict[str, Any], encoder: Any) -> None:
+    """Module names the config gives must pick layers of this encoder (peft's error is a traceback)."""
+    problems = []
+    for option in ("target_modules", "feedforward_modules"):
+        names = options.get(option)
+        if names:
+            problems += target_module_problems(encoder, list(names), f"model.{cfg.model.method}.{option}")
+    if problems:
+        raise ConfigError(problems)
+
+
 def load_backbone_encoder(cfg: ExperimentConfig, plugins: Plugins) -> tuple[BackboneSpec, Any]:
+    """The backbone plugin and its encoder; ``data.max_len`` is checked against the encoder's positions."""
     backbone = resolve_backbone(cfg, plugins)
     try:
         encoder = backbone.load_model(cfg.model.arch)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
+    limit = position_limit(encoder)
+    if limit is not None and cfg.data.max_len > limit:
+        raise ConfigError(
+            [
+                f"data.max_len: {cfg.data.max_len} is more than the {limit} positions of {cfg.model.arch!r}; "
+                f"use at most {limit}"
+            ]
+        )
     return backbone, encoder
+
+
+def position_limit(encoder: Any) -> int | None:
+    """The most tokens the encoder's position table holds, or None where it has none (relative or rotary
+    positions take any length).
+
+    RoBERTa-style embeddings number positions from ``padding_idx + 1`` (their embeddings module has a
+    ``padding_idx``), so a table of 514 holds 512 tokens; BERT-style ones start at 0.
+    """
+    embeddings = getattr(encoder, "embeddings", None)
+    size = getattr(getattr(embeddings, "position_embeddings", None), "num_embeddings", None)
+    if not isinstance(size, int) or size <= 0:
+        return None
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    offset = padding_idx + 1 if isinstance(padding_idx, int) and padding_idx >= 0 else 0
+    return size - offset
 
 
 def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int) -> Any:
@@ -162,8 +199,12 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
 
     torch.manual_seed(seed)
     method = plugins.tuning_methods().get(plan.method)
-    with quiet_peft():
-        adapted = method.apply(encoder, plan.target_modules, plan.method_options)
+    try:
+        with quiet_peft():
+            adapted = method.apply(encoder, plan.target_modules, plan.method_options)
+    except ValueError as exc:  # peft's refusal of an option or a layer: the config's to fix, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"model.{plan.method}: {plan.method} cannot adapt this model: {first}"]) from None
     hidden = encoder.config.hidden_size
     heads = [t.head_spec.build(hidden, t.num_labels, dict(t.head_options)) for t in plan.tasks]
     return MultiTaskClassifier(adapted, heads, [t.name for t in plan.tasks], plan.pooling)

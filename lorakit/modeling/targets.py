@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import PluginError
+from ..errors import PluginError, did_you_mean
 
 # Attention projection names by model family, most common first. The first family whose names all
 # occur among the encoder's Linear modules is adapted (query + value, as in the LoRA paper).
@@ -51,3 +51,27 @@ def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def target_module_problems(model: Any, names: list[str], key: str) -> list[str]:
+    """One ``key: problem`` line per name in ``names`` that picks no layer of ``model``.
+
+    A name matches as peft matches it: a module whose full dotted name is the name or ends with ``.name``.
+    It must pick a layer (a module without submodules): naming a block (``attention``) is refused by peft.
+    """
+    modules = dict(model.named_modules())
+    layers = sorted(linear_names(model))
+    shown = ", ".join(layers) or "none"
+    problems = []
+    for name in names:
+        hits = [m for full, m in modules.items() if full == name or full.endswith(f".{name}")]
+        if not hits:
+            leaf_names = {full.rsplit(".", 1)[-1] for full in modules}
+            hint = did_you_mean(name, leaf_names)
+            problems.append(f"{key}: {name!r} is not a module of the model{hint}; its Linear layers: {shown}")
+        elif not any(next(iter(m.children()), None) is None for m in hits):
+            kind = type(hits[0]).__name__
+            problems.append(
+                f"{key}: {name!r} is a block of layers ({kind}), not a layer; name layers such as {shown}"
+            )
+    return problems

@@ -69,7 +69,11 @@ def compute_metrics(
     plugins: Plugins,
 ) -> dict[str, float]:
     """``<task>_<metric>`` for each metric, ``<task>_accuracy``, ``<task>_f1`` (macro) and ``avg_f1``.
-    A single task also gets the seed's plain ``accuracy`` and ``f1``."""
+    A single task also gets the seed's plain ``accuracy`` and ``f1``.
+
+    Each task counts only its labelled rows (a masked cell, -100, is no row of that task); a task with no
+    labelled row has no figures, and ``avg_f1`` is the mean over the tasks that have them.
+    """
     registry = plugins.metrics()
     names = list(dict.fromkeys(["accuracy", F1_METRIC, *metric_names]))
     result: dict[str, float] = {}
@@ -77,14 +81,16 @@ def compute_metrics(
     for t, task in enumerate(tasks):
         y_true = labels[:, t]
         keep = y_true >= 0
+        if not keep.any():
+            continue
         y_pred = probs[t].argmax(-1)
         for name in names:
             value = float(registry.get(name).compute(y_true[keep], y_pred[keep], num_labels[t]))
             key = "f1" if name == F1_METRIC else name
             result[f"{task}_{key}"] = value
         f1s.append(result[f"{task}_f1"])
-    result["avg_f1"] = float(np.mean(f1s))
-    if len(tasks) == 1:
+    result["avg_f1"] = float(np.mean(f1s)) if f1s else 0.0
+    if len(tasks) == 1 and f1s:
         result["accuracy"] = result[f"{tasks[0]}_accuracy"]
         result["f1"] = result[f"{tasks[0]}_f1"]
     return result
