@@ -378,3 +378,43 @@ def test_a_raising_event_hook_is_a_warning_and_the_run_completes(world):
     expect_warning(result, 'plugin "tracker": lorakit_on_epoch_end raised ValueError: epoch 1; ignored')
     run = json.loads((root / "outputs" / "exp" / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "completed"
+
+
+# ---- concurrency: one run per experiment folder --------------------------------------------------------
+
+
+def test_a_run_held_by_a_live_process_is_refused_naming_it(world):
+    import subprocess
+    import sys
+
+    root, sets = world
+    lock = root / "outputs" / ".locks" / "exp.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom lorakit.pidlock import PidLock\n"
+            f"with PidLock({str(lock)!r}, RuntimeError):\n    print('held', flush=True)\n    time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = snapshot(root)
+        result = train(root, sets, "--outputs", str(root / "outputs"), "--force")
+        expect_error(result, 2, f"process {holder.pid} is training this experiment; wait for it or stop it")
+        assert snapshot(root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(world):
+    root, sets = world
+    lock = root / "outputs" / ".locks" / "exp.lock"
+    lock.parent.mkdir()
+    lock.write_text("999999999\n", encoding="utf-8")  # a pid no process has; no flock held
+    result = train(root, [*sets, '--set=train.loss="nope"'], "--outputs", str(root / "outputs"))
+    expect_error(result, 2, "unknown loss 'nope'")  # it got past the lock to the config's own problem
+    assert not lock.exists() and not lock.parent.exists()  # and cleaned up after itself
