@@ -165,11 +165,10 @@ class PluginManager(pluggy.PluginManager):
         """Register ``plugin``; a hook name lorakit does not define is a :class:`PluginError` (a typo in a
         hook name would otherwise make the plugin silently do nothing)."""
         self.register(plugin, name=name)
-        unknown = [caller.name for caller in self.get_hookcallers(plugin) or [] if not caller.has_spec()]
-        if unknown:
+        problem = _hook_problem(self, plugin)
+        if problem is not None:
             self.unregister(name=name)
-            known = [n for n in dir(hookspecs) if n.startswith("lorakit_")]
-            raise PluginError(f"unknown hook {unknown[0]}{did_you_mean(unknown[0], known)}")
+            raise PluginError(problem)
         self.distributions[name] = (distribution, version)
 
     def leave_out(self, name: str, reason: str, report: Callable[[str], None] | None = None) -> None:
@@ -186,24 +185,33 @@ class PluginManager(pluggy.PluginManager):
         *,
         disable: set[str] | None = None,
         allow: set[str] | None = None,
+        only: set[str] | None = None,
+        core_only: bool = False,
+        strict: bool = False,
         report: Callable[[str], None] | None = None,
     ) -> None:
-        """Load every ``lorakit`` entry point, skipping blocked ones; a broken plugin is reported, not fatal.
+        """Load ``lorakit`` entry points, skipping blocked ones; a broken plugin is reported, not fatal.
 
-        ``allow`` (``LORAKIT_LOAD_PLUGINS``) restricts third-party plugins; the built-ins of the lorakit
-        distribution itself are essential and always load unless named in ``disable``.
+        The one loader, used by the CLI (``new_manager``) and by :mod:`lorakit.testing`. ``allow``
+        (``LORAKIT_LOAD_PLUGINS``) restricts third-party plugins; the built-ins of the lorakit distribution
+        itself are essential and always load unless named in ``disable``. ``only`` loads just the named
+        entry points, ``core_only`` just lorakit's own; ``strict`` raises a :class:`PluginError` for a
+        plugin that fails to load instead of reporting it (what a plugin's own tests want).
         """
         disable = disable or set()
         self.report = report
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
-            if ep.name in disable or (dist and dist in disable):
-                continue
             essential = dist == CORE_DISTRIBUTION
-            if allow is not None and not essential and ep.name not in allow and dist not in allow:
-                continue
-            if self.has_plugin(ep.name):
+            skip = (
+                ep.name in disable
+                or (dist and dist in disable)
+                or (only is not None and ep.name not in only)
+                or (core_only and not essential)
+                or (allow is not None and not essential and ep.name not in allow and dist not in allow)
+            )
+            if skip or self.has_plugin(ep.name):
                 continue
             try:
                 plugin = ep.load()
@@ -212,6 +220,10 @@ class PluginManager(pluggy.PluginManager):
                 reason = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
                 reason = " ".join(reason.split())
                 self.distributions[ep.name] = (dist, version)
+                if strict:
+                    raise PluginError(
+                        LoadFailure(name=ep.name, distribution=dist, version=version, reason=reason).message()
+                    ) from exc
                 self.leave_out(ep.name, reason, report)
 
     def infos(self) -> list[PluginInfo]:
@@ -223,6 +235,21 @@ class PluginManager(pluggy.PluginManager):
         return sorted(result, key=lambda p: p.name)
 
 
+def _hook_problem(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+    """Why lorakit refuses a registered plugin's hooks, or None: a hook name lorakit does not define (a typo
+    would make the plugin silently do nothing), or a hook wrapper (lorakit calls each plugin's
+    implementation on its own, so that one failing plugin cannot stop the others; a wrapper would wrap
+    nothing)."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec():
+            known = [n for n in dir(hookspecs) if n.startswith("lorakit_")]
+            return f"unknown hook {caller.name}{did_you_mean(caller.name, known)}"
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                return f"{caller.name}: hook wrappers are not supported by lorakit's hooks"
+    return None
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -232,6 +259,9 @@ def new_manager(
 ) -> PluginManager:
     """A fresh manager honouring ``LORAKIT_DISABLE_PLUGINS`` and ``LORAKIT_LOAD_PLUGINS``."""
     pm = PluginManager()
+    if os.environ.get("LORAKIT_TRACE_PLUGINS"):  # every hook call and its result, on stderr
+        pm.trace.root.setwriter(lambda text: sys.stderr.write(f"lorakit-trace: {text}"))
+        pm.enable_tracing()
     if load_entrypoints:
         pm.load_entrypoints(
             disable=_split_env(os.environ.get("LORAKIT_DISABLE_PLUGINS")),
@@ -255,6 +285,17 @@ class Plugins:
     def _registry(self, kind: str) -> Registry[Any]:
         return self.registries()[kind]
 
+    def _call_one(self, hook_name: str, impl: Any, **kwargs: Any) -> Any:
+        """Call one plugin's implementation through pluggy (its argument rules, its tracing)."""
+        caller = getattr(self.pm.hook, hook_name)
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        # pluggy's own executor with this one implementation (subset_hook_caller would need hashable
+        # plugins; a plugin may be any object)
+        result = self.pm._hookexec(hook_name, [impl], kwargs, firstresult)
+        if firstresult:
+            return result
+        return result[0] if result else None  # one implementation: its result, or none
+
     def _collect(self) -> tuple[list[str], dict[str, list[tuple[str, Any]]]]:
         """Call every registration hook; return plugin order and what each plugin registered."""
         order: list[str] = []
@@ -274,7 +315,7 @@ class Plugins:
                     _items.append((_kind, spec))
 
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    self._call_one(hook.name, impl, register=register)
                 except Exception as exc:
                     broken[name] = f"{hook.name} raised {type(exc).__name__}: {exc}"
                     continue
@@ -361,7 +402,7 @@ class Plugins:
         results = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             try:
-                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                result = self._call_one(hook_name, impl, **kwargs)
             except Exception as exc:
                 warnings.warn(
                     f'plugin "{impl.plugin_name}": {hook_name} raised {type(exc).__name__}: {exc}; ignored',

@@ -21,14 +21,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .plugins import CORE_DISTRIBUTION, ENTRY_POINT_GROUP, PluginManager, Plugins, new_manager, set_plugins
+from .plugins import ENTRY_POINT_GROUP, PluginManager, Plugins, new_manager, set_plugins
 
 
 def load_builtins(pm: PluginManager, *, only: set[str] | None = None) -> None:
     """Register lorakit's own entry-point plugins (optionally only the named ones) into ``pm``."""
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.dist is not None and ep.dist.name == CORE_DISTRIBUTION and (only is None or ep.name in only):
-            pm.register_plugin(ep.load(), ep.name, ep.dist.name, ep.dist.version)
+    pm.load_entrypoints(core_only=True, only=only, strict=True)
 
 
 @pytest.fixture
@@ -72,19 +70,15 @@ def plugins_with(*chosen: object, builtins: bool = True) -> Plugins:
     pm = new_manager(load_entrypoints=False)
     if builtins:
         load_builtins(pm)
-    points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    names = {item for item in chosen if isinstance(item, str)}
+    points = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    missing = sorted(names - points)
+    if missing:
+        raise LookupError(f"no {ENTRY_POINT_GROUP!r} entry point named {missing[0]!r}; have {sorted(points)}")
+    if names:
+        pm.load_entrypoints(only=names, strict=True)
     for item in chosen:
-        if isinstance(item, str):
-            if item not in points:
-                raise LookupError(
-                    f"no {ENTRY_POINT_GROUP!r} entry point named {item!r}; have {sorted(points)}"
-                )
-            ep = points[item]
-            dist = ep.dist.name if ep.dist else None
-            version = ep.dist.version if ep.dist else None
-            if not pm.has_plugin(ep.name):
-                pm.register_plugin(ep.load(), ep.name, dist, version)
-        else:
+        if not isinstance(item, str):
             name = getattr(item, "__name__", None) or type(item).__name__
             pm.register_plugin(item, name)
     pm.check_pending()

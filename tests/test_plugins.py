@@ -197,3 +197,33 @@ def test_unknown_hook_name_is_refused_with_a_suggestion(lorakit_pm):
         lorakit_pm.register_plugin(Typo(), "typo")
     assert not lorakit_pm.has_plugin("typo")
     lorakit_pm.check_pending()  # nothing left behind that pluggy would complain about
+
+
+def test_hook_wrappers_are_refused_at_load_time(lorakit_pm):
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def lorakit_on_epoch_end(self, exp_id):
+            return (yield)
+
+    with pytest.raises(PluginError, match="lorakit_on_epoch_end: hook wrappers are not supported"):
+        lorakit_pm.register_plugin(Wrapper(), "wrapper")
+    assert not lorakit_pm.has_plugin("wrapper")
+
+
+def test_registration_hooks_follow_pluggys_argument_rules(lorakit_pm):
+    seen = []
+
+    class NoArguments:  # an implementation may take fewer arguments than the hook offers
+        @hookimpl
+        def lorakit_register_metrics(self):
+            seen.append("called")
+
+    lorakit_pm.register_plugin(NoArguments(), "none")
+    assert len(Plugins(lorakit_pm).metrics()) == 0 and seen == ["called"]
+
+
+def test_trace_plugins_logs_every_hook_call(cli):
+    result = cli("devices", env={"LORAKIT_TRACE_PLUGINS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "lorakit-trace:   lorakit_detect_devices [hook]" in result.stderr
+    assert "finish lorakit_detect_devices -->" in result.stderr
