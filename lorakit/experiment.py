@@ -82,11 +82,14 @@ def resolve_experiment(exp: str | Path | None, outputs: str | Path | None = None
     if not layout.root.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise LorakitError(f"no experiment {str(exp)!r} in {root}{did_you_mean(str(exp), known)}")
+    layout.require_run()  # an experiment's files without run.json: damaged, said so
     return layout
 
 
 class Predictor:
-    """A trained experiment loaded for prediction."""
+    """A trained experiment loaded for prediction; a damaged file of its model (``heads.json``,
+    ``heads.safetensors``, ``adapter_config.json``, the adapter weights) raises
+    :class:`~lorakit.errors.DamagedFile`."""
 
     def __init__(self, layout: RunLayout, plugins: Plugins, *, device: str = "cpu"):
         from .modeling.artifacts import load_artifacts

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers never see half a file, a crash never leaves one."""
+"""Atomic file writes: readers never see half a file, a crash never leaves one. Reading back goes through
+:mod:`lorakit.readback`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from . import readback
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -58,5 +61,12 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, dumps_json(data))
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: str | Path, check: readback.Check | None = readback.OBJECT) -> Any:
+    """A JSON file lorakit wrote, through the validating reader (:func:`lorakit.readback.read_json`).
+
+    ``check`` is a shape check (default: a JSON object, which every file lorakit writes is). A missing
+    file raises :class:`lorakit.readback.MissingFile` (a ``FileNotFoundError``); an empty, truncated,
+    undecodable or mistyped one :class:`lorakit.readback.DamagedContent` (a ``ValueError``): both are
+    :class:`lorakit.errors.DamagedFile`, one line ``<path>: damaged (<reason>)`` for the CLI.
+    """
+    return readback.read_json(path, check)

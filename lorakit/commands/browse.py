@@ -2,7 +2,9 @@
 experiments.
 
 ``ls`` and ``compare`` read only the index (plus ``config_copy.toml`` files when a dotted config key is
-asked for); none of these commands imports torch, transformers, peft or pandas.
+asked for); none of these commands imports torch, transformers, peft or pandas. A damaged file is one line:
+``show`` and ``rollback`` stop on it (exit 2); ``ls``, ``compare`` and ``index rebuild`` leave that
+experiment out and name the file in a warning.
 """
 
 from __future__ import annotations
@@ -158,12 +160,14 @@ def ls(fmt: str, filters: tuple[str, ...], sort_by: str | None, asc: bool, outpu
     index = ExperimentIndex(outputs)
     with _warnings_to_stderr():
         data = index.load()
-    entries, active = data["experiments"], data["active"].get("exp_id")
-    configs = ConfigCopies(index.root, entries)
-    selected = apply_filters(entries, filters, configs)
-    ids = default_order(selected)
+        entries, active = data["experiments"], data["active"].get("exp_id")
+        configs = ConfigCopies(index.root, entries)
+        selected = apply_filters(entries, filters, configs)
+        ids = default_order(selected)
+        if sort_by:
+            ids = sort_ids(ids, selected, sort_by, ascending=asc, configs=configs)
+        ids = configs.intact(ids)
     if sort_by:
-        ids = sort_ids(ids, selected, sort_by, ascending=asc, configs=configs)
         _echo_warning(label_set_warning(selected, ids))
 
     headlines = [selected[i].get("headline") or "avg_f1" for i in ids]
@@ -289,18 +293,21 @@ def compare(
     index = ExperimentIndex(outputs)
     with _warnings_to_stderr():
         entries = index.entries()
-
-    ids = (
-        select(entries, experiments, lambda name: index.unknown_message(name, entries))
-        if experiments
-        else None
-    )
-    pool = {i: entries[i] for i in ids} if ids is not None else entries
-    configs = ConfigCopies(index.root, entries)
-    selected = apply_filters(pool, filters, configs)
-    order = [i for i in ids if i in selected] if ids is not None else default_order(selected)
-    if sort_by:
-        order = sort_ids(order, selected, sort_by, ascending=asc, configs=configs)
+        ids = (
+            select(entries, experiments, lambda name: index.unknown_message(name, entries))
+            if experiments
+            else None
+        )
+        pool = {i: entries[i] for i in ids} if ids is not None else entries
+        configs = ConfigCopies(index.root, entries)
+        selected = apply_filters(pool, filters, configs)
+        order = [i for i in ids if i in selected] if ids is not None else default_order(selected)
+        if sort_by:
+            order = sort_ids(order, selected, sort_by, ascending=asc, configs=configs)
+        if only_changed:
+            for exp_id in order:  # read every copy now: a damaged one leaves its experiment out
+                configs.flat(exp_id)
+        order = configs.intact(order)
     if len(order) > 1:
         _echo_warning(label_set_warning(selected, order))
     if not order:
@@ -331,38 +338,32 @@ def sparkline(values: Sequence[float]) -> str:
     return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1))] for v in values)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 @click.command()
 @click.argument("exp_id", metavar="EXP")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: run, metrics, env, label_map, config.")
 @_outputs_option
 def show(exp_id: str, as_json: bool, outputs: str | None) -> None:
     """Show one experiment: status, best metrics, per-epoch metrics, paths, environment, config."""
+    from ..readback import read_text
     from ..runs.index import ExperimentIndex, ExperimentNotFound
     from ..runs.layout import RunLayout
     from ..runs.query import metric_order
 
     index = ExperimentIndex(outputs)
     layout = RunLayout(index.folder(exp_id))
+    layout.require_run()
     if not layout.run_info.is_file():
         with _warnings_to_stderr():
             message = index.unknown_message(exp_id)
         raise ExperimentNotFound(message)
-    run = _read_json(layout.run_info) or {}
-    metrics = _read_json(layout.metrics) or {}
-    env = _read_json(layout.env_info) or {}
-    label_map = _read_json(layout.label_map) or {}
-    config_text = layout.config_copy.read_text(encoding="utf-8") if layout.config_copy.is_file() else ""
+    # every file is read (and checked) before anything is printed: a damaged one is the one line shown
+    run = layout.read_run()
+    metrics = layout.read_metrics()
+    env = layout.read_env()
+    label_map = layout.read_label_map()
+    config = layout.read_config_copy()
+    config_text = read_text(layout.config_copy) if config is not None else ""
     if as_json:
-        import tomllib
-
-        config = tomllib.loads(config_text) if config_text else None
         payload = {"run": run, "metrics": metrics, "env": env, "label_map": label_map, "config": config}
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return

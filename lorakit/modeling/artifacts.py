@@ -1,4 +1,8 @@
-"""Saving and loading a trained model: ``lora_adapter/`` (plain peft) + ``heads.safetensors`` + ``heads.json``."""
+"""Saving and loading a trained model: ``lora_adapter/`` (plain peft) + ``heads.safetensors`` + ``heads.json``.
+
+Loading checks each file first (:mod:`lorakit.readback`): a damaged one is ``<path>: damaged (<reason>)``,
+not a traceback from peft, safetensors or torch.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from typing import Any
 
 import attrs
 
+from .. import readback as rb
 from ..errors import LorakitError
-from ..fsutil import read_json, write_json_atomic
+from ..fsutil import write_json_atomic
 from ..plugins import Plugins
-from ..runs.layout import RunLayout
+from ..runs.layout import ADAPTER_CONFIG_CHECK, RunLayout
 from .targets import quiet_peft
 
 
@@ -56,13 +61,19 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
 
     from .model import MultiTaskClassifier
 
-    if not layout.heads_json.is_file():
-        raise LorakitError(f"{layout.root}: no trained model (lora_adapter/heads.json is missing)")
-    meta = read_json(layout.heads_json)
+    if not layout.adapter_dir.exists():
+        raise LorakitError(f"{layout.root}: no trained model (lora_adapter/ is missing)")
+    meta = layout.read_heads()
+    check_adapter(layout)
+    rb.safetensors_header(layout.heads_weights)  # before the minutes a large base model takes to load
     backbone = plugins.backbones().get(meta["backbone"])
     encoder = backbone.load_model(meta["arch"])
-    with quiet_peft():
-        adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
+    try:
+        with quiet_peft():
+            adapted = peft.PeftModel.from_pretrained(encoder, str(layout.adapter_dir))
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        # the files passed the checks above, yet do not fit this base model: a foreign adapter
+        raise rb.load_failure(layout.adapter_dir, exc, "peft cannot load this adapter") from None
     head_specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
     hidden = encoder.config.hidden_size
     heads = [
@@ -80,6 +91,14 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
     )
 
 
+def check_adapter(layout: RunLayout) -> None:
+    """``adapter_config.json`` and the adapter's weights are there and well formed (no torch, no peft)."""
+    rb.read_json(layout.adapter_config, ADAPTER_CONFIG_CHECK)
+    header = rb.safetensors_header(layout.adapter_weights)
+    if not [name for name in header if name != "__metadata__"]:
+        raise rb.DamagedContent(layout.adapter_weights, "holds no tensors")
+
+
 def probabilities(logits: Any, fn: Any) -> Any:
     """Per-class probabilities: the head's own function (ordinal heads), else softmax."""
     return fn(logits) if fn is not None else logits.float().softmax(-1)
@@ -89,11 +108,26 @@ def load_heads(classifier: Any, layout: RunLayout) -> None:
     """Load ``heads.safetensors`` (keys ``t<i>.<param>``, as :func:`save_artifacts` writes them) into the heads."""
     from safetensors.torch import load_file
 
-    state = load_file(str(layout.heads_weights))
-    for key, head in classifier.heads.items():
-        head.load_state_dict(
-            {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
+    path = layout.heads_weights
+    rb.safetensors_header(path)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors' own error type is not importable without its Rust module
+        raise rb.load_failure(path, exc, "safetensors cannot load it") from None
+    expected = {f"{key}.{name}" for key, head in classifier.heads.items() for name in head.state_dict()}
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise rb.DamagedContent(
+            path, f"does not fit the heads of heads.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    for key, head in classifier.heads.items():
+        try:
+            head.load_state_dict(
+                {name.split(".", 1)[1]: v for name, v in state.items() if name.split(".", 1)[0] == key}
+            )
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise rb.DamagedContent(path, f"does not fit the heads of heads.json: {lines[-1]}") from None
 
 
 RELOAD_ADAPTER = "lorakit_reload_check"

@@ -69,14 +69,28 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in module.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state(module: nn.Module, state: dict[str, Any]) -> None:
+def load_trainable_state(module: nn.Module, state: dict[str, Any], *, source: object = None) -> None:
+    """Copy ``state`` (as :func:`trainable_state` made it) into ``module``'s parameters.
+
+    Weights that do not fit (names or shapes) come from a damaged or foreign file: with ``source`` (the
+    file they were read from) that is :class:`~lorakit.errors.DamagedFile`, else a ``RuntimeError``.
+    """
     own = dict(module.named_parameters())
     missing = [name for name, p in own.items() if p.requires_grad and name not in state]
     unexpected = [name for name in state if name not in own]
+    problem = None
     if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+        problem = f"does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+    else:
+        wrong = [name for name, value in state.items() if tuple(value.shape) != tuple(own[name].shape)]
+        if wrong:
+            problem = f"does not fit the model: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}"
+    if problem is not None:
+        if source is not None:
+            from ..errors import DamagedFile
+
+            raise DamagedFile(source, problem)
+        raise RuntimeError(f"checkpoint {problem}")
     with torch.no_grad():
         for name, value in state.items():
             own[name].copy_(value.to(own[name].device, own[name].dtype))

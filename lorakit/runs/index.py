@@ -1,11 +1,13 @@
 """The experiment index: ``outputs/experiment_index.json``, a cache of every experiment folder.
 
 The folders are the truth. An entry is rebuilt from ``run.json``, ``metrics.json``, ``label_map.json`` and
-``env_info.json`` whenever the trainer calls :meth:`ExperimentIndex.sync`; a missing or corrupt index is
-rebuilt from the folders with a warning. Writers take a lock on a sibling ``.lock`` file and replace the
-index by write-to-temp-and-rename, so no update is lost and a reader never sees half a file (readers take
-no lock). The active experiment (``lorakit rollback``) is the one thing the folders cannot tell; it lives in
-the index and, so that it survives losing the index, in ``outputs/.lorakit_active.json`` too.
+``env_info.json`` whenever the trainer calls :meth:`ExperimentIndex.sync`; a missing or damaged index (one
+that is not JSON, or whose entries have the wrong shape) is rebuilt from the folders with a warning, and a
+folder with a damaged file is left out of it, with a warning naming the file. Writers take a lock on a
+sibling ``.lock`` file and replace the index by write-to-temp-and-rename, so no update is lost and a reader
+never sees half a file (readers take no lock). The active experiment (``lorakit rollback``) is the one
+thing the folders cannot tell; it lives in the index and, so that it survives losing the index, in
+``outputs/.lorakit_active.json`` too.
 
 File shape::
 
@@ -21,7 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import LorakitError, LorakitWarning, did_you_mean
+from .. import readback as rb
+from ..errors import DamagedFile, LorakitError, LorakitWarning, did_you_mean
 from ..fsutil import dumps_json, write_bytes_atomic
 from .layout import INDEX_FILE, RunLayout, outputs_root
 
@@ -31,19 +34,53 @@ TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 
 
 class IndexWarning(LorakitWarning):
-    """The index was missing or corrupt and has been rebuilt, or a folder could not be read."""
+    """The index was missing or damaged and has been rebuilt, or a folder with a damaged file was skipped."""
 
 
 class ExperimentNotFound(LorakitError):
     """No experiment of that id in the outputs folder."""
 
 
-class ExperimentFolderError(LorakitError):
-    """An experiment folder lacks ``run.json`` or has an unreadable one."""
+class ExperimentFolderError(DamagedFile):
+    """A folder read as an experiment has no ``run.json``: ``<folder>/run.json: damaged (missing)``."""
 
 
 class _Corrupt(Exception):
     """The index file exists but is not a valid index (unparsable, truncated, wrong shape)."""
+
+
+_TEXT = rb.optional(rb.STRING)
+_HISTORY = rb.fields({"exp_id": _TEXT, "previous": _TEXT, "time": _TEXT, "user": _TEXT, "action": _TEXT})
+ACTIVE_CHECK = rb.fields({"exp_id": _TEXT, "history": rb.list_of(_HISTORY)})
+# An entry as entry_from_folder builds it; every key optional (older indexes lack some), each of its type,
+# since ls, compare and the scheduler's estimates use them without looking
+ENTRY_CHECK = rb.fields(
+    {
+        "create_time": _TEXT,
+        "task_type": _TEXT,
+        "base_config": _TEXT,
+        "key_params": rb.OBJECT,
+        "best_metrics": rb.OBJECT,
+        "best_epoch": rb.optional(rb.kind(int, str)),
+        "output_path": _TEXT,
+        "device_used": _TEXT,
+        "env_version": _TEXT,
+        "status": _TEXT,
+        "end_time": _TEXT,
+        "tasks": rb.dict_of(rb.list_of(rb.kind(str, int, float))),
+        "headline": _TEXT,
+        "epochs_done": rb.INTEGER,
+        "peak_memory_mb": rb.optional(rb.NUMBER),
+        "peak_reserved_mb": rb.optional(rb.NUMBER),
+        "world_size": rb.optional(rb.INTEGER),
+        "precision": _TEXT,
+        "notes": rb.list_of(rb.STRING),
+        "error": _TEXT,
+    }
+)
+INDEX_CHECK = rb.fields(
+    {"experiments": rb.dict_of(ENTRY_CHECK), "active": ACTIVE_CHECK}, required=("experiments",)
+)
 
 
 def _empty_active() -> dict[str, Any]:
@@ -51,19 +88,7 @@ def _empty_active() -> dict[str, Any]:
 
 
 def _valid_active(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and (value.get("exp_id") is None or isinstance(value.get("exp_id"), str))
-        and isinstance(value.get("history", []), list)
-    )
-
-
-def _read_json_or_none(path: Path) -> Any:
-    """A JSON file's content; None when missing or unreadable (optional files of a folder)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return isinstance(value, dict) and ACTIVE_CHECK(value, "") is None
 
 
 def _best_from_epochs(metrics: dict[str, Any], headline: str) -> dict[str, Any]:
@@ -92,24 +117,18 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
     """Build one index entry from an experiment folder's files (the seed's entry shape plus status,
     label sets and the headline metric's name).
 
-    Raises :class:`ExperimentFolderError` when ``run.json`` is missing or unreadable; the other files are
+    Raises :class:`ExperimentFolderError` when ``run.json`` is missing, and
+    :class:`~lorakit.errors.DamagedFile` when any of the four files is damaged; the other three are
     optional (a run that has just started has no metrics yet).
     """
     layout = RunLayout(Path(folder))
     try:
-        run = json.loads(layout.run_info.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExperimentFolderError(f"{layout.run_info}: missing; not an experiment folder") from None
-    except (OSError, ValueError) as exc:
-        raise ExperimentFolderError(f"{layout.run_info}: cannot read: {exc}") from None
-    if not isinstance(run, dict):
-        raise ExperimentFolderError(f"{layout.run_info}: expected a JSON object")
-    metrics = _read_json_or_none(layout.metrics)
-    metrics = metrics if isinstance(metrics, dict) else {}
-    label_map = _read_json_or_none(layout.label_map)
-    label_map = label_map if isinstance(label_map, dict) else {}
-    env = _read_json_or_none(layout.env_info)
-    env = env if isinstance(env, dict) else {}
+        run = layout.read_run()
+    except rb.MissingFile:
+        raise ExperimentFolderError(layout.run_info, "missing") from None
+    metrics = layout.read_metrics()
+    label_map = layout.read_label_map()
+    env = layout.read_env()
 
     tasks = run.get("tasks")
     if not isinstance(tasks, dict):
@@ -176,23 +195,14 @@ class ExperimentIndex:
     # ---- reading ------------------------------------------------------------------------------------
 
     def _read(self) -> dict[str, Any] | None:
-        """The index as stored; None when there is none. Raises _Corrupt when it is not a valid index."""
+        """The index as stored; None when there is none. Raises _Corrupt (with the reason) when it is
+        damaged: not JSON, truncated, or an entry or the active block of the wrong shape."""
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            data = rb.read_json(self.path, INDEX_CHECK)
+        except rb.MissingFile:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Corrupt(str(exc)) from None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise _Corrupt(f"invalid JSON ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("experiments"), dict):
-            raise _Corrupt('no "experiments" object')
-        if not all(isinstance(entry, dict) for entry in data["experiments"].values()):
-            raise _Corrupt("an entry is not an object")
-        if not _valid_active(data.get("active", _empty_active())):
-            raise _Corrupt('invalid "active" object')
+        except DamagedFile as exc:
+            raise _Corrupt(exc.reason) from None
         data.setdefault("active", _empty_active())
         data["active"].setdefault("history", [])
         return data
@@ -273,13 +283,14 @@ class ExperimentIndex:
             data = self._read()
             if data is not None:
                 return data
-            reason = "missing"
+            state = " was missing"
         except _Corrupt as exc:
-            reason = f"corrupt: {exc}"
-        data = self._rebuild_locked(None, write=bool(reason != "missing" or self._has_folders()))
-        if reason != "missing" or (data["experiments"] and not quiet_missing):
+            state = f": damaged ({exc})"
+        missing = state == " was missing"
+        data = self._rebuild_locked(None, write=bool(not missing or self._has_folders()))
+        if not missing or (data["experiments"] and not quiet_missing):
             warnings.warn(
-                f"experiment index {self.path} was {reason}; rebuilt from "
+                f"experiment index {self.path}{state}; rebuilt from "
                 f"{len(data['experiments'])} experiment folder(s)",
                 IndexWarning,
                 stacklevel=4,
@@ -296,7 +307,7 @@ class ExperimentIndex:
         for run_json in sorted(self.root.glob("*/run.json")):
             try:
                 experiments[run_json.parent.name] = entry_from_folder(run_json.parent)
-            except ExperimentFolderError as exc:
+            except DamagedFile as exc:  # the folder is left as it is: the user's evidence
                 warnings.warn(f"skipped {run_json.parent}: {exc}", IndexWarning, stacklevel=3)
         return experiments
 
@@ -306,13 +317,23 @@ class ExperimentIndex:
     def _rebuild_locked(self, old: dict[str, Any] | None, *, write: bool = True) -> dict[str, Any]:
         active: Any = old.get("active") if old else None
         if not _valid_active(active):
-            saved = _read_json_or_none(self.active_path)
-            active = saved if _valid_active(saved) else _empty_active()
+            active = self._read_active_file()
         active.setdefault("history", [])
         data: dict[str, Any] = {"experiments": self._scan(), "active": active}
         if write:
             self._write_locked(data)
         return data
+
+    def _read_active_file(self) -> dict[str, Any]:
+        """``.lorakit_active.json``, the copy of the active pointer that survives losing the index; a
+        damaged one is warned about and read as "no active experiment" (it is rewritten by the next
+        ``lorakit rollback``)."""
+        try:
+            saved = rb.read_json(self.active_path, ACTIVE_CHECK, missing_ok=True)
+        except DamagedFile as exc:
+            warnings.warn(f"{exc}; the active experiment is not known", IndexWarning, stacklevel=4)
+            return _empty_active()
+        return saved if saved is not None else _empty_active()
 
     def rebuild(self) -> dict[str, dict[str, Any]]:
         """Regenerate the index from ``outputs/*/run.json``, keeping the active pointer and its history

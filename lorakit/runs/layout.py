@@ -1,6 +1,8 @@
-"""Where everything of one experiment lives: ``outputs/<exp_id>/``.
+"""Where everything of one experiment lives: ``outputs/<exp_id>/``, and the shape each file read back has.
 
-The folder is the source of truth; the experiment index is a cache rebuilt from these files.
+The folder is the source of truth; the experiment index is a cache rebuilt from these files. Each file is
+read back through :mod:`lorakit.readback` with the check below: a damaged one raises
+:class:`~lorakit.errors.DamagedFile` (``<path>: damaged (<reason>)``), never a traceback further on.
 """
 
 from __future__ import annotations
@@ -8,8 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
+
+from .. import readback as rb
 
 OUTPUTS_ENV = "LORAKIT_OUTPUTS"
 INDEX_FILE = "experiment_index.json"
@@ -35,6 +40,101 @@ def exp_id_problem(exp_id: object) -> str | None:
             "a digit or _ (no path separators, no leading dot)"
         )
     return None
+
+
+# ---- the shape of each file, as the trainer writes it ------------------------------------------------------
+# Only the keys lorakit reads are checked, and only their types: a newer lorakit may add keys.
+
+_TEXT = rb.optional(rb.STRING)
+_LABEL = rb.kind(str, int, float)  # labels are strings; a numeric label column may give numbers
+_LABELS = rb.list_of(_LABEL)
+
+RUN_CHECK = rb.fields(
+    {
+        "exp_id": rb.STRING,
+        "status": rb.one_of(*STATUSES),
+        "create_time": _TEXT,
+        "end_time": _TEXT,
+        "task_type": _TEXT,
+        "tasks": rb.optional(rb.dict_of(_LABELS)),
+        "base_config": _TEXT,
+        "config_path": _TEXT,
+        "key_params": rb.optional(rb.OBJECT),
+        "headline_metric": _TEXT,
+        "device_used": _TEXT,
+        "precision": _TEXT,
+        "env_version": _TEXT,
+        "error": _TEXT,
+        "notes": rb.optional(rb.list_of(rb.STRING)),
+        "config_fingerprint": _TEXT,
+        "data_fingerprint": _TEXT,
+        "world_size": rb.optional(rb.INTEGER),
+        "peak_memory_mb": rb.optional(rb.NUMBER),
+        "peak_reserved_mb": rb.optional(rb.NUMBER),
+        "data_stats": rb.optional(rb.OBJECT),
+    },
+    required=("status",),
+)
+
+
+def _metrics_check(value: object, where: str) -> str | None:
+    """metrics.json: ``epoch_<n>``, ``best`` and ``test`` are objects of metrics; ``best.epoch`` names one."""
+    problem = rb.OBJECT(value, where)
+    if problem or not isinstance(value, dict):
+        return problem
+    for key, item in value.items():
+        if key.startswith("epoch_") or key in ("best", "test"):
+            problem = rb.OBJECT(item, key)
+            if problem:
+                return problem
+    best = value.get("best")
+    if isinstance(best, dict) and "epoch" in best:
+        return rb.kind(int, str)(best["epoch"], "best.epoch")
+    return None
+
+
+METRICS_CHECK: rb.Check = _metrics_check
+
+
+def _task_labels(value: object, where: str) -> str | None:
+    """A task of label_map.json: ``{"labels": [...], "global_ids": [...]}`` (older files: the list alone)."""
+    if isinstance(value, list):
+        return _LABELS(value, where)
+    return rb.fields({"labels": _LABELS}, required=("labels",))(value, where)
+
+
+LABEL_MAP_CHECK = rb.fields({"task_type": _TEXT, "tasks": rb.optional(rb.dict_of(_task_labels))})
+ENV_CHECK = rb.fields(
+    {
+        "python": _TEXT,
+        "platform": _TEXT,
+        "packages": rb.optional(rb.OBJECT),
+        "plugins": rb.optional(rb.OBJECT),
+        "device": _TEXT,
+        "git_commit": _TEXT,
+        "peak_memory_mb": rb.optional(rb.NUMBER),
+        "peak_reserved_mb": rb.optional(rb.NUMBER),
+    }
+)
+CONFIG_COPY_CHECK = rb.fields({"exp_id": rb.STRING})
+HEADS_CHECK = rb.fields(
+    {
+        "arch": rb.STRING,
+        "backbone": rb.STRING,
+        "pooling": rb.STRING,
+        "tasks": rb.list_of(
+            rb.fields(
+                {"name": rb.STRING, "num_labels": rb.INTEGER, "head": rb.STRING, "head_options": rb.OBJECT},
+                required=("name", "num_labels", "head", "head_options"),
+            )
+        ),
+        "labels": rb.dict_of(rb.fields({"labels": _LABELS}, required=("labels",))),
+        "max_len": rb.optional(rb.INTEGER),
+        "text_column": _TEXT,
+    },
+    required=("arch", "backbone", "pooling", "tasks", "labels"),
+)
+ADAPTER_CONFIG_CHECK = rb.fields({"peft_type": rb.STRING}, required=("peft_type",))
 
 
 def outputs_root(explicit: str | Path | None = None) -> Path:
@@ -106,3 +206,71 @@ class RunLayout:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.adapter_dir / "adapter_config.json"
+
+    @property
+    def adapter_weights(self) -> Path:
+        return self.adapter_dir / "adapter_model.safetensors"
+
+    def has_experiment_files(self) -> bool:
+        """Does the folder hold a file the trainer writes only after run.json (env_info.json,
+        metrics.json, the adapter, checkpoints)? Such a folder without run.json is a damaged experiment,
+        not an unknown name nor a run still starting (config_copy.toml and label_map.json come first)."""
+        after_run = (self.env_info, self.metrics, self.adapter_dir, self.checkpoints)
+        return any(path.exists() for path in after_run)
+
+    def require_run(self) -> None:
+        """Raise ``<folder>/run.json: damaged (missing)`` when the folder holds an experiment's files but
+        no run.json (or has something else in its place)."""
+        if not self.run_info.is_file() and self.has_experiment_files():
+            rb.check_file(self.run_info)
+
+    # ---- reading back: each raises DamagedFile when its file is damaged -------------------------------
+
+    def read_run(self) -> dict[str, Any]:
+        """run.json (it must exist: a folder without one is not an experiment)."""
+        return rb.read_json(self.run_info, RUN_CHECK)
+
+    def read_metrics(self) -> dict[str, Any]:
+        """metrics.json; ``{}`` before the first epoch has finished."""
+        return rb.read_json(self.metrics, METRICS_CHECK, missing_ok=True) or {}
+
+    def read_env(self) -> dict[str, Any]:
+        """env_info.json; ``{}`` when there is none yet."""
+        return rb.read_json(self.env_info, ENV_CHECK, missing_ok=True) or {}
+
+    def read_label_map(self) -> dict[str, Any]:
+        """label_map.json; ``{}`` when there is none yet."""
+        return rb.read_json(self.label_map, LABEL_MAP_CHECK, missing_ok=True) or {}
+
+    def read_config_copy(self) -> dict[str, Any] | None:
+        """config_copy.toml parsed; None when there is none."""
+        return rb.read_toml(self.config_copy, CONFIG_COPY_CHECK, missing_ok=True)
+
+    def check_files(self) -> None:
+        """Read and check every record file of the folder (run.json, metrics.json, env_info.json,
+        label_map.json, config_copy.toml): a resume calls this before it touches the folder, since it
+        rewrites some of them (metrics.json at the next epoch's end) and must not bury a damaged one."""
+        self.require_run()
+        self.read_run()
+        self.read_metrics()
+        self.read_env()
+        self.read_label_map()
+        self.read_config_copy()
+
+    def read_heads(self) -> dict[str, Any]:
+        """lora_adapter/heads.json: how to rebuild the heads, the label names, max_len, the text column."""
+        meta: dict[str, Any] = rb.read_json(self.heads_json, HEADS_CHECK)
+        for task in meta["tasks"]:
+            labels = meta["labels"].get(task["name"])
+            if labels is None:
+                raise rb.DamagedContent(self.heads_json, f"key 'labels': task {task['name']!r} missing")
+            if len(labels["labels"]) != task["num_labels"]:
+                raise rb.DamagedContent(
+                    self.heads_json,
+                    f"task {task['name']!r} has {task['num_labels']} labels but {len(labels['labels'])} names",
+                )
+        return meta

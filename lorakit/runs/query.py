@@ -10,7 +10,8 @@ Keys (for ``--filter`` and ``--sort-by``) resolve in this order, the first hit w
    ``batch_size``, ``epochs``, ``max_len``, ``loss_weight``;
 3. best-epoch metrics: ``avg_f1``, ``<task>_f1``, ``<task>_accuracy``, ``accuracy``, ``f1``, ``train_loss`` …;
 4. keys of the experiment's ``config_copy.toml``, dotted (``train.lr``, ``model.lora.rank``, ``seed``),
-   read from the folder only when a key is not found above.
+   read from the folder only when a key is not found above. A damaged ``config_copy.toml`` leaves its
+   experiment out, with a warning naming the file (:attr:`ConfigCopies.damaged`).
 
 Explicit prefixes skip the search: ``key_params.lr``, ``best.avg_f1`` (or ``best_metrics.avg_f1``),
 ``config.train.lr``.
@@ -22,17 +23,14 @@ import fnmatch
 import json
 import math
 import re
-import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import LorakitError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..errors import DamagedFile, LorakitError, did_you_mean
+from ..readback import read_toml
+from .index import IndexWarning
 
 MISSING: Any = object()
 GLOB_CHARS = frozenset("*?[")
@@ -96,12 +94,17 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class ConfigCopies:
-    """Flattened ``config_copy.toml`` of each experiment, read lazily and once."""
+    """Flattened ``config_copy.toml`` of each experiment, read lazily and once.
+
+    A missing copy reads as no keys; a damaged one as no keys too, with an :class:`IndexWarning` naming
+    it, and its exp_id in :attr:`damaged` so that the command can leave the experiment out.
+    """
 
     def __init__(self, root: Path, entries: Mapping[str, Mapping[str, Any]]):
         self.root = root
         self.entries = entries
         self._cache: dict[str, dict[str, Any]] = {}
+        self.damaged: set[str] = set()
 
     def path(self, exp_id: str) -> Path:
         folder = self.root / exp_id
@@ -113,12 +116,18 @@ class ConfigCopies:
 
     def flat(self, exp_id: str) -> dict[str, Any]:
         if exp_id not in self._cache:
+            path = self.path(exp_id)
             try:
-                with self.path(exp_id).open("rb") as fh:
-                    self._cache[exp_id] = flatten(tomllib.load(fh))
-            except (OSError, tomllib.TOMLDecodeError):
+                self._cache[exp_id] = flatten(read_toml(path, missing_ok=True) or {})
+            except DamagedFile as exc:
                 self._cache[exp_id] = {}
+                self.damaged.add(exp_id)
+                warnings.warn(f"skipped {path.parent}: {exc}", IndexWarning, stacklevel=2)
         return self._cache[exp_id]
+
+    def intact(self, ids: Iterable[str]) -> list[str]:
+        """``ids`` without the experiments whose config copy was found damaged."""
+        return [exp_id for exp_id in ids if exp_id not in self.damaged]
 
 
 # ---- resolving keys -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import attrs
 from ..errors import LorakitError
 from ..fsutil import write_bytes_atomic
 from .index import ExperimentIndex, entry_from_folder
+from .layout import RunLayout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,14 +137,18 @@ def rollback(
 ) -> RollbackResult:
     """Make ``exp_id`` the active experiment (None: the one active before, an undo).
 
-    Refuses unknown experiments and any whose folder does not say ``completed``.
+    Refuses unknown experiments and any whose folder does not say ``completed``; a damaged file of the
+    folder (run.json, metrics.json, label_map.json, env_info.json, config_copy.toml) raises
+    :class:`~lorakit.errors.DamagedFile` before anything is written.
     """
     index = ExperimentIndex(outputs)
     undo = exp_id is None
     state = index.active_state()
     target = undo_target(state) if exp_id is None else exp_id
-    folder = index.folder(target)
-    if not (folder / "run.json").is_file():
+    layout = RunLayout(index.folder(target))
+    folder = layout.root
+    layout.require_run()
+    if not layout.run_info.is_file():
         raise RollbackError(index.unknown_message(target))
     entry = entry_from_folder(folder)  # the folder is the truth, the index may lag behind
     if entry.get("status") != "completed":
@@ -151,6 +156,7 @@ def rollback(
             f"cannot roll back to {target}: its status is {entry.get('status')!r}; "
             "only completed experiments can be made active"
         )
+    layout.read_config_copy()  # a damaged copy must not become configs/<exp_id>.toml
     index.sync(target)
     record = index.set_active(target, user=user or current_user(), action="undo" if undo else "rollback")
     stamp = time.strftime("%Y%m%d-%H%M%S")

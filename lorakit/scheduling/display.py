@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import DamagedFile
+from ..runs.layout import RunLayout
 from .queue import Job
 
 COLUMNS = ("job", "exp_id", "priority", "state", "device", "epoch", "best", "note")
 
 
 def folder_progress(outputs: Path, exp_id: str) -> tuple[int, str | None, float | None]:
-    """Epochs done, the headline metric's name and its best value, from metrics.json and run.json."""
-    folder = outputs / exp_id
+    """Epochs done, the headline metric's name and its best value, from metrics.json and run.json.
+
+    Redrawn every second while jobs run: a missing or damaged file shows as no progress, without a
+    warning each time (``lorakit show`` names the damage).
+    """
+    layout = RunLayout(outputs / exp_id)
     try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not layout.metrics.exists():
+            return 0, None, None
+        metrics = layout.read_metrics()
+    except (DamagedFile, OSError):
         return 0, None, None
     try:
-        headline = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("headline_metric")
-    except (OSError, ValueError, AttributeError):
+        headline = layout.read_run().get("headline_metric") if layout.run_info.exists() else None
+    except (DamagedFile, OSError):
         headline = None
     headline = headline or "avg_f1"
-    if not isinstance(metrics, dict):
-        return 0, headline, None
     epochs = sum(1 for key in metrics if key.startswith("epoch_"))
     best = metrics.get("best")
     value = best.get(headline) if isinstance(best, dict) else None

@@ -11,25 +11,36 @@ attempt ends, its log is appended to ``<outputs>/<exp_id>/scheduler.log`` (the t
 
 from __future__ import annotations
 
-import json
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import DamagedFile, LorakitWarning
+from ..runs.layout import RunLayout
 from .queue import Job
 
 LOG_DIR = ".scheduler-logs"
 FOLDER_LOG = "scheduler.log"
 
 
-def read_run(outputs: Path, exp_id: str) -> dict[str, Any] | None:
-    """``<outputs>/<exp_id>/run.json``, or None when missing or unreadable."""
-    try:
-        data = json.loads((outputs / exp_id / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def read_run(outputs: Path, exp_id: str, *, strict: bool = False) -> dict[str, Any] | None:
+    """``<outputs>/<exp_id>/run.json`` (checked as :meth:`RunLayout.read_run` does), or None when missing.
+
+    A damaged run.json raises :class:`~lorakit.errors.DamagedFile` with ``strict``; otherwise it is a
+    warning and None (the scheduler goes on with its other jobs).
+    """
+    layout = RunLayout(Path(outputs) / exp_id)
+    if not layout.run_info.exists():
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        return layout.read_run()
+    except DamagedFile as exc:
+        if strict:
+            raise
+        warnings.warn(str(exc), LorakitWarning, stacklevel=2)
+        return None
 
 
 def start_flags(job: Job, outputs: Path) -> list[str] | None:
@@ -43,8 +54,14 @@ def start_flags(job: Job, outputs: Path) -> list[str] | None:
     if job.start_mode == "new":
         return []
     folder = outputs / job.exp_id
-    run = read_run(outputs, job.exp_id)
+    try:
+        run = read_run(outputs, job.exp_id, strict=True)
+    except DamagedFile:
+        # never --force over a damaged folder: the resume stops on the damage and says so in the job's log
+        return ["--resume"]
     if run is None:
+        if RunLayout(folder).has_experiment_files():
+            return ["--resume"]  # run.json is gone from an experiment: the same, said by the resume
         # stopped before the trainer wrote run.json: whatever it left is not resumable
         return ["--force"] if folder.is_dir() and any(folder.iterdir()) else []
     if run.get("status") == "completed":

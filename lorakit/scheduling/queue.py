@@ -3,7 +3,9 @@
 Several processes use it at once (``lorakit submit`` from any shell, the scheduler, ``lorakit cancel``):
 the database runs in WAL mode so readers never block the writer, every write is one ``BEGIN IMMEDIATE``
 transaction, and a busy database is waited for (``busy_timeout``) instead of failing. Each operation opens
-its own short-lived connection, so nothing holds the file between calls.
+its own short-lived connection, so nothing holds the file between calls. A damaged database (not SQLite,
+truncated, malformed, or another program's) is ``<path>: damaged (<reason>)``, exit 2; it is never
+re-created over.
 
 Job states::
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from .. import readback as rb
 from ..errors import LorakitError
 
 DB_FILE = "scheduler.sqlite3"
@@ -148,10 +151,20 @@ class Job:
         return self.notes[-1] if self.notes else ""
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _json_list(path: Path, row: sqlite3.Row, key: str) -> list[Any]:
+    try:
+        value = json.loads(row[key] or "[]")
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, list):
+        raise rb.DamagedContent(path, f"job {row['id']}: column {key} is not a JSON list")
+    return value
+
+
+def _job(row: sqlite3.Row, path: Path) -> Job:
     data = dict(row)
     for key in _JSON_COLUMNS:
-        data[key] = tuple(json.loads(data[key] or "[]"))
+        data[key] = tuple(_json_list(path, row, key))
     data["cancel_requested"] = bool(data["cancel_requested"])
     return Job(**data)
 
@@ -167,30 +180,55 @@ class JobQueue:
 
     def _connect(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
+        companions = [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]
+        existed = [path.exists() for path in companions]
         # autocommit mode: transactions are the explicit BEGIN IMMEDIATE below
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            with rb.sqlite_errors(self.path):
+                self._prepare(conn)
+        except rb.DamagedFile:
+            conn.close()
+            # a damaged database is left as it was: without the -wal/-shm files this connection made
+            for path, was in zip(companions, existed, strict=True):
+                if not was:
+                    path.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version not in (0, SCHEMA_VERSION) or (tables - {"jobs", "sqlite_sequence"}):
+            # another program's database: adding our table to it would hide that the queue is gone
+            raise rb.DamagedContent(self.path, "not a lorakit queue database")
+        if version == SCHEMA_VERSION and "jobs" not in tables:
+            raise rb.DamagedContent(self.path, "the jobs table is missing")
+        # checked first: switching a foreign database to WAL would change it
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once per database file
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             with _transaction(conn):
                 # one statement at a time: executescript() would commit the open transaction first
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as conn, _transaction(conn):
+        with rb.sqlite_errors(self.path), closing(self._connect()) as conn, _transaction(conn):
             yield conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Job]:
         if not self.path.exists():
             return []
-        with closing(self._connect()) as conn:
-            return [_job(row) for row in conn.execute(sql, params)]
+        with rb.sqlite_errors(self.path), closing(self._connect()) as conn:
+            return [_job(row, self.path) for row in conn.execute(sql, params)]
 
     # ---- reading ------------------------------------------------------------------------------------
 
@@ -289,11 +327,11 @@ class JobQueue:
     def add_note(self, job_id: int, note: str, *, for_run: bool = False) -> Job:
         """Append a note (shown by ``lorakit queue``); ``for_run`` notes also go to the run's run.json."""
         with self._write() as conn:
-            row = conn.execute("SELECT notes, run_notes FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute("SELECT id, notes, run_notes FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise QueueError(f"no job {job_id} in {self.path}")
-            notes = [*json.loads(row["notes"]), note]
-            run_notes = [*json.loads(row["run_notes"]), *([note] if for_run else [])]
+            notes = [*_json_list(self.path, row, "notes"), note]
+            run_notes = [*_json_list(self.path, row, "run_notes"), *([note] if for_run else [])]
             conn.execute(
                 "UPDATE jobs SET notes = ?, run_notes = ? WHERE id = ?",
                 (json.dumps(notes, ensure_ascii=False), json.dumps(run_notes, ensure_ascii=False), job_id),
