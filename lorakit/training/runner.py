@@ -103,7 +103,9 @@ def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -
     root = layout.root
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         kind = "a symbolic link" if root.is_symlink() else "a file"
-        raise ResumeError(f"{root} is {kind}, not an experiment folder; move it away or choose another exp_id")
+        raise ResumeError(
+            f"{root} is {kind}, not an experiment folder; move it away or choose another exp_id"
+        )
     if not root.exists():
         return False
     if force:
