@@ -174,7 +174,50 @@ def config_reference() -> str:
                 link = f"[`[{key}]`](#{section_id(key)})"
                 doc = f"the {link} table" + (f"; {rest}" if rest else "") if sub else f"{rest}; see {link}"
             lines.append(f"| `{prefix}{field.name}` | {toml_type(field.type)} | {_default(field)} | {doc} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + plugin_option_tables()) + "\n"
+
+
+PLUGIN_TABLES = (
+    ("tuning_methods", "model.{name}", '`model.method = "{name}"`'),
+    ("task_heads", "model.head_options", "head `{name}` (also `[model.heads.<task>.options]`)"),
+    ("losses", "train.loss_options", "loss `{name}` (also `[train.loss_options.<task>]`)"),
+)
+
+
+def plugin_option_tables() -> list[str]:
+    """The option tables lorakit's own plugins declare, from their options classes (a third-party
+    plugin's are in its own documentation)."""
+    from .plugins import Plugins, new_manager
+
+    pm = new_manager(load_entrypoints=False)
+    pm.load_entrypoints(core_only=True, strict=True)  # lorakit's own: what is installed does not matter
+    plugins = Plugins(pm)
+    lines = [
+        "",
+        "## Plugin option tables {#plugin-options}",
+        "",
+        "A tuning method, head or loss plugin may own an options table, validated like the keys above.",
+        "Those of lorakit's built-in plugins:",
+    ]
+    for kind, table, used in PLUGIN_TABLES:
+        for spec in plugins.registries()[kind].specs():
+            if spec.options is None:
+                continue
+            key = table.format(name=spec.name)
+            lines += [
+                "",
+                f"### `[{key}]` {{#{section_id(key)}}}",
+                "",
+                f"With {used.format(name=spec.name)}.",
+                "",
+            ]
+            lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+            for field in attrs.fields(attrs.resolve_types(spec.options)):
+                doc = _cell(field.metadata.get("doc", ""))
+                lines.append(
+                    f"| `{key}.{field.name}` | {toml_type(field.type)} | {_default(field)} | {doc} |"
+                )
+    return lines
 
 
 # ---- CLI reference ------------------------------------------------------------------------------

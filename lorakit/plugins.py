@@ -33,13 +33,8 @@ from .specs import (
 ENTRY_POINT_GROUP = "lorakit"
 CORE_DISTRIBUTION = "lorakit"
 
-# Where a missing name is known to live: "install lorakit-roberta" beats "unknown backbone".
-KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
-    ("backbones", "roberta"): "lorakit-roberta",
-    ("task_heads", "ordinal"): "lorakit-ordinal",
-    ("losses", "coral"): "lorakit-ordinal",
-    ("executors", "ray"): "lorakit[ray]",
-}
+# Where a missing name is known to live: a data table beside the built-ins (lorakit.builtin.providers).
+from .builtin.providers import KNOWN_PROVIDERS  # noqa: E402  (a table of names, no plugin code)
 
 S = TypeVar("S")
 
@@ -291,7 +286,7 @@ class Plugins:
         firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
         # pluggy's own executor with this one implementation (subset_hook_caller would need hashable
         # plugins; a plugin may be any object)
-        result = self.pm._hookexec(hook_name, [impl], kwargs, firstresult)
+        result: Any = self.pm._hookexec(hook_name, [impl], kwargs, firstresult)
         if firstresult:
             return result
         return result[0] if result else None  # one implementation: its result, or none

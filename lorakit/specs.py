@@ -29,12 +29,16 @@ class MetricSpec:
 class LossSpec:
     """A loss for one task.
 
-    ``build(num_labels=..., class_weights=..., **options)`` returns a ``torch.nn.Module`` whose
-    ``forward(logits, labels)`` returns a scalar tensor. ``options`` come from ``train.loss_options``.
+    ``build(num_labels=..., **options)`` returns a ``torch.nn.Module`` whose ``forward(logits, labels)``
+    returns a scalar tensor. ``options`` come from ``train.loss_options`` (shared keys, then the task's own
+    ``[train.loss_options.<task>]`` table over them). With an ``options`` class (attrs) they are
+    structured and validated by it when the config loads, and ``build`` gets its fields; without one they
+    pass as written.
     """
 
     name: str
     build: Callable[..., Any]
+    options: type | None = None
     description: str = ""
 
 
@@ -89,10 +93,27 @@ class BackboneSpec:
 
 @attrs.define(kw_only=True, frozen=True)
 class TuningMethodSpec:
-    """How the encoder is adapted: ``apply(model, target_modules, options: dict)`` → adapted model."""
+    """How the encoder is adapted: ``apply(model, target_modules, options: dict)`` → adapted model.
+
+    ``options``: an attrs class for the method's own ``[model.<name>]`` table (structured and validated
+    when the config loads; its fields' ``doc`` metadata lands in the config reference; a
+    ``problems(table)`` method may return ``[(dotted key, problem)]`` for range checks). Its
+    ``target_modules`` field, if it has one, overrides the backbone's targets; ``module_lists`` names the
+    fields that hold module names (checked against the model before training). Without a class the table
+    passes as written. ``options`` given to ``apply`` are the table's fields without ``target_modules``.
+
+    ``trainable_parameters(layers, options)`` answers the memory estimate: ``layers`` are the adapted
+    Linear layers as ``(name, in_features, out_features)`` and the result is the number of parameters the
+    method adds (``options`` as for ``apply``). ``rank_option`` names the option that is the method's rank
+    (what runs of the same config are compared on for memory), or None.
+    """
 
     name: str
     apply: Callable[..., Any]
+    options: type | None = None
+    trainable_parameters: Callable[..., int] | None = None
+    module_lists: tuple[str, ...] = ("target_modules",)
+    rank_option: str | None = None
     description: str = ""
 
 
@@ -102,21 +123,36 @@ class TaskHeadSpec:
 
     ``probabilities(logits)`` turns the head's output into per-class probabilities (default: softmax);
     a head whose logits are not one per class (ordinal heads) supplies its own, and a matching loss.
+
+    ``options`` given to ``build`` always hold ``dropout`` and ``hidden_size`` (``model.head_dropout``,
+    ``model.head_hidden_size`` or the task's ``model.heads.<task>`` values; ``hidden_size`` may be None).
+    An ``options`` class (attrs) structures and validates the head's own keys, from ``[model.head_options]``
+    and ``[model.heads.<task>.options]`` over it; without one they pass as written.
+
+    ``trainable_parameters(hidden_size, num_labels, options)`` answers the memory estimate; without it
+    the head counts as one linear layer (``hidden_size × num_labels + num_labels``).
     """
 
     name: str
     build: Callable[..., Any]
     probabilities: Callable[..., Any] | None = None
     default_loss: str | None = None
+    options: type | None = None
+    trainable_parameters: Callable[..., int] | None = None
     description: str = ""
 
 
 @attrs.define(kw_only=True, frozen=True)
 class ExecutorSpec:
-    """Where ``run-parallel`` runs jobs: ``create(**options)`` returns an executor object."""
+    """Where ``run-parallel`` runs jobs: ``create(**options)`` returns an executor object.
+
+    ``options`` names the keyword options ``create`` takes (``--executor-option KEY=VALUE``, values are
+    strings); None: the named keyword parameters of ``create``.
+    """
 
     name: str
     create: Callable[..., Any]
+    options: tuple[str, ...] | None = None
     extra: str | None = None
     #: the executor places jobs on resources of its own (a cluster): the scheduler only orders them,
     #: keeps at most ``capacity()`` (or ``--max-parallel``) outstanding, and preempts by priority

@@ -28,7 +28,30 @@ def _mlp(hidden_size: int, num_labels: int, options: dict[str, Any]) -> Any:
     )
 
 
+def _linear_parameters(hidden_size: int, num_labels: int, options: dict[str, Any]) -> int:
+    return hidden_size * num_labels + num_labels
+
+
+def _mlp_parameters(hidden_size: int, num_labels: int, options: dict[str, Any]) -> int:
+    width = options.get("hidden_size") or hidden_size
+    return hidden_size * width + width + width * num_labels + num_labels
+
+
 @hookimpl
 def lorakit_register_task_heads(register):
-    register(TaskHeadSpec(name="linear", build=_linear, description="dropout + linear layer"))
-    register(TaskHeadSpec(name="mlp", build=_mlp, description="dropout + linear + GELU + dropout + linear"))
+    register(
+        TaskHeadSpec(
+            name="linear",
+            build=_linear,
+            trainable_parameters=_linear_parameters,
+            description="dropout + linear layer",
+        )
+    )
+    register(
+        TaskHeadSpec(
+            name="mlp",
+            build=_mlp,
+            trainable_parameters=_mlp_parameters,
+            description="dropout + linear (model.head_hidden_size wide) + GELU + dropout + linear",
+        )
+    )

@@ -1,6 +1,6 @@
 """Executor ``ray``: each job runs on a Ray cluster, in an actor that holds the resources the job needs.
 
-``lorakit run-parallel --executor ray [--ray-address ADDRESS]``. Ray decides where a job runs: the actor asks
+``lorakit run-parallel --executor ray [--executor-option address=ADDRESS]``. Ray decides where a job runs: the actor asks
 for one CPU and the job's GPUs (``resources.gpus`` when the cluster has GPUs), so Ray queues jobs until a node
 has room and sets ``CUDA_VISIBLE_DEVICES`` for the GPUs it grants. The scheduler still decides the *order*
 (priority, FIFO within a level) and preempts through the actor, which delivers the signal to the job's
@@ -176,6 +176,15 @@ def jobs_at_once(resources: dict[str, float], gpus_per_job: int | None) -> int:
     return max(1, jobs)
 
 
+def _count(name: str, value: Any) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise PluginError(f"the ray executor's {name} must be a whole number, got {value!r}") from None
+
+
 class RayExecutor:
     """Starts each job as a Ray actor. Options: ``address`` (None: a local Ray instance), ``num_cpus`` and
     ``num_gpus`` for a local instance, ``gpus_per_job`` (default: the job's own request, when the cluster
@@ -193,6 +202,10 @@ class RayExecutor:
             raise PluginError(
                 f"the ray executor takes address, num_cpus, num_gpus, gpus_per_job; got {sorted(unknown)}"
             )
+        # --executor-option values arrive as strings
+        num_cpus, num_gpus = _count("num_cpus", num_cpus), _count("num_gpus", num_gpus)
+        if "gpus_per_job" in options:
+            options["gpus_per_job"] = _count("gpus_per_job", options["gpus_per_job"])
         ray = _ray()
         self._ray = ray
         self._owns = not ray.is_initialized()
@@ -233,9 +246,10 @@ class RayExecutor:
 RAY = ExecutorSpec(
     name="ray",
     create=RayExecutor,
+    options=("address", "num_cpus", "num_gpus", "gpus_per_job"),
     extra="lorakit[ray]",
     places_jobs=True,
-    description="Ray actors on a local instance or a cluster (--ray-address); Ray places the jobs",
+    description="Ray actors on a local instance or a cluster (--executor-option address=HOST:PORT); Ray places the jobs",
 )
 
 

@@ -1,159 +1,33 @@
-"""From config to model: resolve the backbone, adapt the encoder, add one head and one loss per task."""
+"""From plan to model: load the encoder, adapt it, add one head and one loss per task (torch lives here;
+the decisions are made in :mod:`lorakit.modeling.plan`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from ..config.schema import ExperimentConfig
-from ..errors import ConfigError, PluginError
+from ..errors import ConfigError
 from ..plugins import Plugins
-from ..specs import BackboneSpec, TaskHeadSpec
-from .targets import detect_attention_modules, quiet_peft, target_module_problems
+from ..specs import BackboneSpec
+from .plan import ModelPlan, TaskPlan, option_module_lists, resolve_backbone, with_detected_targets
+from .plan import plan_model as make_plan
+from .targets import quiet_peft, target_module_problems
 
-
-@attrs.define(kw_only=True)
-class TaskPlan:
-    """How one task is modelled: its head, its loss and its labels."""
-
-    name: str
-    num_labels: int
-    head: str
-    head_spec: TaskHeadSpec
-    head_options: dict[str, Any]
-    loss: str
-
-
-@attrs.define(kw_only=True)
-class ModelPlan:
-    """Everything needed to rebuild the same model for training or prediction (saved as heads.json)."""
-
-    arch: str
-    backbone: str
-    method: str
-    method_options: dict[str, Any]
-    target_modules: list[str]
-    pooling: str
-    tasks: list[TaskPlan]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "arch": self.arch,
-            "backbone": self.backbone,
-            "method": self.method,
-            "method_options": self.method_options,
-            "target_modules": self.target_modules,
-            "pooling": self.pooling,
-            "tasks": [
-                {
-                    "name": t.name,
-                    "num_labels": t.num_labels,
-                    "head": t.head,
-                    "head_options": t.head_options,
-                    "loss": t.loss,
-                }
-                for t in self.tasks
-            ],
-        }
-
-
-def resolve_backbone(cfg: ExperimentConfig, plugins: Plugins) -> BackboneSpec:
-    """``model.backbone`` if set, else what the plugins pick for the model's ``model_type``."""
-    if cfg.model.backbone:
-        try:
-            return plugins.backbones().get(cfg.model.backbone)
-        except PluginError as exc:
-            raise PluginError(f"model.backbone: {exc}") from None
-    import transformers
-
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(cfg.model.arch)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
-    name = plugins.resolve_backbone(hf_config) or "auto"
-    return plugins.backbones().get(name)
-
-
-def method_options(cfg: ExperimentConfig) -> dict[str, Any]:
-    table = getattr(cfg.model, cfg.model.method, None)
-    return attrs.asdict(table) if table is not None else {}
-
-
-def _lookup(registry: Any, name: str, key: str) -> Any:
-    """A registry lookup whose error names the config key that asked for it."""
-    try:
-        return registry.get(name)
-    except PluginError as exc:
-        raise PluginError(f"{key}: {exc}") from None
+__all__ = ["ModelPlan", "TaskPlan", "plan_model", "resolve_backbone"]
 
 
 def plan_model(
     cfg: ExperimentConfig, label_counts: dict[str, int], plugins: Plugins, encoder: Any
 ) -> ModelPlan:
-    """Decide backbone, targets, heads and losses; plugin names are checked here, before any folder exists."""
-    backbone = resolve_backbone(cfg, plugins)
-    _lookup(plugins.tuning_methods(), cfg.model.method, "model.method")
-    _lookup(plugins.lr_schedulers(), cfg.train.lr_scheduler, "train.lr_scheduler")
-    for metric in cfg.train.metrics:
-        _lookup(plugins.metrics(), metric, "train.metrics")
-    options = method_options(cfg)
-    _check_targets(cfg, options, encoder)
-    targets = options.get("target_modules") or (
-        list(backbone.target_modules) if backbone.target_modules else detect_attention_modules(encoder)
-    )
-    tasks = []
-    for task in cfg.task_columns:
-        override = cfg.model.heads.get(task)
-        head_key = f"model.heads.{task}.type" if override and override.type else "model.head"
-        head_name = (override.type if override and override.type else None) or cfg.model.head
-        head_spec = _lookup(plugins.task_heads(), head_name, head_key)
-        loss = (
-            (override.loss if override and override.loss else None)
-            or head_spec.default_loss
-            or cfg.train.loss
-        )
-        loss_key = f"model.heads.{task}.loss" if override and override.loss else "train.loss"
-        _lookup(plugins.losses(), loss, loss_key)
-        head_options = {
-            "dropout": override.dropout
-            if override and override.dropout is not None
-            else cfg.model.head_dropout,
-            "hidden_size": override.hidden_size
-            if override and override.hidden_size
-            else cfg.model.head_hidden_size,
-        }
-        tasks.append(
-            TaskPlan(
-                name=task,
-                num_labels=label_counts[task],
-                head=head_name,
-                head_spec=head_spec,
-                head_options=head_options,
-                loss=loss,
-            )
-        )
-    return ModelPlan(
-        arch=cfg.model.arch,
-        backbone=backbone.name,
-        method=cfg.model.method,
-        method_options={k: v for k, v in options.items() if k != "target_modules"},
-        target_modules=list(targets),
-        pooling=cfg.model.pooling or backbone.pooling,
-        tasks=tasks,
-    )
-
-
-def _check_targets(cfg: ExperimentConfig, options: dict[str, Any], encoder: Any) -> None:
-    """Module names the config gives must pick layers of this encoder (peft's error is a traceback)."""
+    """The model plan (:func:`lorakit.modeling.plan.plan_model`) completed with ``encoder``: the module
+    names the config gives are checked against it, and targets no one named are detected in it."""
+    plan = make_plan(cfg, label_counts, plugins, hf_config=getattr(encoder, "config", None))
     problems = []
-    for option in ("target_modules", "feedforward_modules"):
-        names = options.get(option)
-        if names:
-            problems += target_module_problems(encoder, list(names), f"model.{cfg.model.method}.{option}")
+    for key, names in option_module_lists(cfg, plan).items():
+        problems += target_module_problems(encoder, names, key)
     if problems:
         raise ConfigError(problems)
+    return with_detected_targets(plan, encoder)
 
 
 def load_backbone_encoder(cfg: ExperimentConfig, plugins: Plugins) -> tuple[BackboneSpec, Any]:
@@ -198,10 +72,9 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
     from .model import MultiTaskClassifier
 
     torch.manual_seed(seed)
-    method = plugins.tuning_methods().get(plan.method)
     try:
         with quiet_peft():
-            adapted = method.apply(encoder, plan.target_modules, plan.method_options)
+            adapted = plan.method_spec.apply(encoder, plan.target_modules, plan.method_options)
     except ValueError as exc:  # peft's refusal of an option or a layer: the config's to fix, in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError([f"model.{plan.method}: {plan.method} cannot adapt this model: {first}"]) from None
@@ -213,10 +86,7 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
 def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> Any:
     from .model import TaskLossCombiner
 
-    losses = [
-        plugins.losses().get(t.loss).build(num_labels=t.num_labels, **cfg.train.loss_options)
-        for t in plan.tasks
-    ]
+    losses = [_build_loss(t, plugins) for t in plan.tasks]
     weight = cfg.train.loss_weight
     tasks = [t.name for t in plan.tasks]
     if isinstance(weight, dict):
@@ -226,6 +96,22 @@ def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> An
     else:
         weights = None
     return TaskLossCombiner(losses, weights, uncertainty=weight == "uncertainty")
+
+
+def _build_loss(task: TaskPlan, plugins: Plugins) -> Any:
+    """The task's loss; a loss's complaint about an option the task's own table set names that table."""
+    try:
+        return plugins.losses().get(task.loss).build(num_labels=task.num_labels, **task.loss_options)
+    except ConfigError as exc:
+        shared, own = "train.loss_options.", f"train.loss_options.{task.name}."
+        lines = [
+            own + line.removeprefix(shared)
+            if line.startswith(shared)
+            and line.removeprefix(shared).split(":")[0].split(".")[0] in task.own_loss_keys
+            else line
+            for line in exc.problems
+        ]
+        raise ConfigError(lines) from None
 
 
 def check_heads_and_losses(plan: ModelPlan, classifier: Any, combiner: Any, hidden_size: int) -> None:

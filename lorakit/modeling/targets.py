@@ -1,4 +1,4 @@
-"""Finding LoRA target modules in an encoder nobody told us about."""
+"""Finding target modules in an encoder nobody told us about (needs the model, so torch)."""
 
 from __future__ import annotations
 
@@ -33,15 +33,17 @@ def linear_names(model: Any) -> set[str]:
     }
 
 
-def detect_attention_modules(model: Any) -> list[str]:
-    """LoRA targets from the encoder's Linear module names; a clear error listing them when none match."""
+def detect_attention_modules(model: Any, method: str = "lora") -> list[str]:
+    """LoRA targets from the encoder's Linear module names; a clear error listing them when none match
+    (naming ``model.<method>.target_modules``, the option that would have set them)."""
     names = linear_names(model)
     for pattern in ATTENTION_PATTERNS:
         if all(part in names for part in pattern):
             return list(pattern)
     seen = ", ".join(sorted(names)) or "none"
     raise PluginError(
-        f"found no attention projections among the model's Linear modules ({seen}); set model.lora.target_modules"
+        f"found no attention projections among the model's Linear modules ({seen}); "
+        f"set model.{method}.target_modules"
     )
 
 

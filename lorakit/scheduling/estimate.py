@@ -28,13 +28,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..config.schema import ExperimentConfig
-from ..errors import ConfigError
+from ..config.schema import ExperimentConfig, ModelConfig
 from ..plugins import Plugins
+
+if TYPE_CHECKING:
+    from ..modeling.plan import ModelPlan, TaskPlan
+
+#: what ``model.method`` is when a config (or an old run record) does not say
+DEFAULT_METHOD: str = str(attrs.fields(ModelConfig).method.default)
 
 MIB = 2**20
 CUDA_CONTEXT_MB = 500
@@ -123,8 +128,7 @@ class CalibrationKey:
 
 def calibration_key(cfg: ExperimentConfig) -> CalibrationKey:
     """The key of ``cfg``'s run: model, batch, max_len, rank, method, precision, GPUs, heads."""
-    table = getattr(cfg.model, cfg.model.method, None)
-    rank = getattr(table, "rank", None)
+    rank = getattr(cfg.model.method_options, "rank", None)
     return CalibrationKey(
         model=cfg.model.arch,
         batch_size=cfg.train.batch_size,
@@ -144,9 +148,12 @@ def recorded_key(run: dict[str, Any]) -> CalibrationKey | None:
     tasks = run.get("tasks")
     if not isinstance(params, dict) or not isinstance(tasks, dict):
         return None
-    method = params.get("method", "lora")
-    # runs record model.lora.rank as lora_rank whatever the method: it is the method's rank for lora only
-    rank = params["rank"] if "rank" in params else params.get("lora_rank") if method == "lora" else None
+    method = params.get("method", DEFAULT_METHOD)
+    # older runs recorded the default method's rank as lora_rank whatever the method: it is the method's
+    # rank for the default method only
+    rank = (
+        params["rank"] if "rank" in params else params.get("lora_rank") if method == DEFAULT_METHOD else None
+    )
     try:
         return CalibrationKey(
             model=params["model"],
@@ -160,11 +167,6 @@ def recorded_key(run: dict[str, Any]) -> CalibrationKey | None:
         )
     except KeyError:
         return None
-
-
-def _rank(cfg: ExperimentConfig) -> int:
-    table = getattr(cfg.model, cfg.model.method, None)
-    return int(getattr(table, "rank", cfg.model.lora.rank))
 
 
 def find_calibration(outputs: str | Path, key: CalibrationKey) -> Calibration | None:
@@ -277,73 +279,51 @@ def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
 
 
 def count_parameters(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Any]:
-    """Encoder and trainable parameter counts, hidden size, layers and the backbone's activation factor."""
+    """Encoder and trainable parameter counts, hidden size, layers and the backbone's activation factor.
+
+    The model plan is the one training builds (:mod:`lorakit.modeling.plan`); the tuning method and each
+    head count their own parameters (:class:`lorakit.specs.TuningMethodSpec`, ``TaskHeadSpec``)."""
     import torch
     import transformers
 
-    from ..modeling.targets import detect_attention_modules
+    from ..modeling.plan import config_label_counts, load_model_config, plan_model
 
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(cfg.model.arch)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError([f"model.arch: cannot load {cfg.model.arch!r}: {first}"]) from None
-    if cfg.model.backbone:
-        backbone = plugins.backbones().get(cfg.model.backbone)
-    else:
-        backbone = plugins.backbones().get(plugins.resolve_backbone(hf_config) or "auto")
+    hf_config = load_model_config(cfg.model.arch)
+    plan = plan_model(cfg, config_label_counts(cfg), plugins, hf_config=hf_config, check_names=False)
     # the meta device allocates nothing: shapes only, whatever the model's size
     with torch.device("meta"):
         encoder = transformers.AutoModel.from_config(hf_config)
     params = sum(p.numel() for p in encoder.parameters())
-    method = cfg.model.method
-    options = getattr(cfg.model, method, None)
-    targets = (
-        getattr(options, "target_modules", None)
-        or (list(backbone.target_modules) if backbone.target_modules else None)
-        or detect_attention_modules(encoder)
-    )
-    adapter = 0
-    rank = _rank(cfg)
-    for name, module in encoder.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.rsplit(".", 1)[-1] not in targets:
-            continue
-        if method == "ia3":
-            adapter += module.out_features
-        else:  # lora, dora (dora adds a magnitude vector per output)
-            adapter += rank * (module.in_features + module.out_features)
-            adapter += module.out_features if method == "dora" else 0
     hidden = int(hf_config.hidden_size)
-    heads = sum(_head_params(cfg, task, hidden) for task in cfg.task_columns)
+    assert plan.backbone_spec is not None
     return {
         "params": params,
-        "trainable": adapter + heads,
+        "trainable": _adapter_params(plan, encoder) + sum(_head_params(t, hidden) for t in plan.tasks),
         "hidden": hidden,
         "layers": int(getattr(hf_config, "num_hidden_layers", 12)),
-        "activation_factor": backbone.activation_factor,
-        "backbone": backbone.name,
+        "activation_factor": plan.backbone_spec.activation_factor,
+        "backbone": plan.backbone,
     }
 
 
-def _head_params(cfg: ExperimentConfig, task: str, hidden: int) -> int:
-    override = cfg.model.heads.get(task)
-    head = (override.type if override and override.type else None) or cfg.model.head
-    labels = _num_labels(cfg, task)
-    if head == "mlp":
-        width = (override.hidden_size if override else None) or cfg.model.head_hidden_size or hidden
-        return hidden * width + width + width * labels + labels
-    return hidden * labels + labels
+def _adapter_params(plan: ModelPlan, encoder: Any) -> int:
+    """What the tuning method adds to the Linear layers it targets (as peft matches names)."""
+    import torch
+
+    from ..modeling.plan import with_detected_targets
+
+    targets = with_detected_targets(plan, encoder).target_modules or []
+    layers = [
+        (name, module.in_features, module.out_features)
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith(f".{t}") for t in targets)
+    ]
+    count = plan.method_spec.trainable_parameters
+    return int(count(layers, plan.method_options)) if count is not None else 0
 
 
-def _num_labels(cfg: ExperimentConfig, task: str) -> int:
-    labels = cfg.task_labels(task)
-    if labels:
-        return len(labels)
-    if cfg.data.global_label_map:
-        from ..data.labels import read_global_label_map
-
-        try:
-            return len(read_global_label_map(cfg.data.global_label_map))
-        except ConfigError:
-            pass
-    return 2
+def _head_params(task: TaskPlan, hidden: int) -> int:
+    count = task.head_spec.trainable_parameters
+    if count is not None:
+        return int(count(hidden, task.num_labels, dict(task.head_options)))
+    return hidden * task.num_labels + task.num_labels  # one linear layer

@@ -111,6 +111,14 @@ def build_head(hidden_size: int, num_labels: int, options: Mapping[str, Any]) ->
     )
 
 
+def head_parameters(hidden_size: int, num_labels: int, options: Mapping[str, Any]) -> int:
+    """What the head trains (for ``lorakit estimate``): the optional inner layer, the shared weight
+    vector and the K-1 thresholds."""
+    inner = options.get("hidden_size")
+    first = hidden_size * inner + inner if inner else 0
+    return first + (inner or hidden_size) + num_labels - 1
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``[B, K-1]`` CORAL logits → ``[B, K]`` class probabilities.
 
@@ -139,6 +147,7 @@ ORDINAL = TaskHeadSpec(
     build=build_head,
     probabilities=probabilities,
     default_loss="coral",
+    trainable_parameters=head_parameters,
     description="CORAL ordinal head: K-1 'y > k' logits, one shared weight vector, ordered thresholds",
 )
 CORAL = LossSpec(
