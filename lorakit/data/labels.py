@@ -6,13 +6,12 @@ No heavy imports at module level: the config schema imports this module to valid
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..config.labelmap import read_global_label_map
 from ..errors import ConfigError, DataError, LorakitWarning
 
 if TYPE_CHECKING:
@@ -33,29 +32,6 @@ QUOTED_ROWS = 5
 
 class LabelWarning(LorakitWarning):
     """A label of a task has no training rows, or a task has no labelled validation rows."""
-
-
-def read_global_label_map(path: str | Path) -> dict[str, int]:
-    """Read and check ``global_label_map.json``; raises ConfigError naming the file."""
-    from ..config.loader import file_kind_problem
-
-    problem = file_kind_problem(path)
-    if problem is not None:
-        raise ConfigError([f"{path}: {problem}"])
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: global label map does not exist"]) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read global label map: {exc}"]) from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in data.items()
-    ):
-        raise ConfigError([f"{path}: expected a JSON object {{label: integer id}}"])
-    ids = list(data.values())
-    if len(set(ids)) != len(ids):
-        raise ConfigError([f"{path}: global ids must be unique"])
-    return data
 
 
 @attrs.define(kw_only=True, frozen=True)
