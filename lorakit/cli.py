@@ -24,11 +24,11 @@ COMMANDS: dict[str, str] = {
     "plugins": "lorakit.commands.plugins:plugins",
     "config": "lorakit.commands.config:config",
     "cache": "lorakit.commands.cache:cache",
-    "ls": "lorakit.commands.browse:ls",
-    "compare": "lorakit.commands.browse:compare",
-    "show": "lorakit.commands.browse:show",
-    "rollback": "lorakit.commands.browse:rollback",
-    "index": "lorakit.commands.browse:index",
+    "ls": "lorakit.commands.ls:ls",
+    "compare": "lorakit.commands.compare:compare",
+    "show": "lorakit.commands.show:show",
+    "rollback": "lorakit.commands.rollback:rollback",
+    "index": "lorakit.commands.index:index",
     "devices": "lorakit.commands.sched:devices",
     "estimate": "lorakit.commands.sched:estimate",
     "submit": "lorakit.commands.sched:submit",
@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=args, prog_name="lorakit", standalone_mode=False)
     except click.exceptions.Abort:
+        from .conventions import INTERRUPTED_EXIT
+
         click.echo("Aborted!", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
     except click.UsageError as exc:
         click.echo(usage_line(exc, args), err=True)
         sys.exit(2)

@@ -485,6 +485,21 @@ def _step(out: Path) -> str:
 
 RESUME = [
     case("run.json", "not_json", None, SAID["not_json"], id="resume-run.json-not-json"),
+    case("run.json", "missing", None, SAID["missing"], id="resume-run.json-missing"),
+    case("run.json", "directory", None, SAID["directory"], id="resume-run.json-directory"),
+    case(
+        "run.json",
+        "wrong_type",
+        ("status", 7),
+        "damaged (key 'status': expected one of running, completed, failed, preempted, got 7)",
+        id="resume-run.json-status-wrong-type",
+    ),
+    # a resume rewrites these at the next epoch's end: a damaged one must stop it, not be buried
+    case("metrics.json", "truncated", None, SAID["truncated"], id="resume-metrics.json-truncated"),
+    case("metrics.json", "not_json", None, SAID["not_json"], id="resume-metrics.json-not-json"),
+    case("env_info.json", "wrong_top", None, SAID["wrong_top"], id="resume-env_info.json-wrong-top"),
+    case("label_map.json", "truncated", None, SAID["truncated"], id="resume-label_map.json-truncated"),
+    case("config_copy.toml", "not_utf8", None, SAID["not_utf8"], id="resume-config_copy.toml-not-utf8"),
     case("run.json", "wrong_top", None, SAID["wrong_top"], id="resume-run.json-wrong-top"),
     case(
         "{step}/trainer_state.json", "missing", None, SAID["missing"], id="resume-trainer_state.json-missing"

@@ -230,7 +230,7 @@ def test_read_run_strict_or_warned_and_never_force_over_damage(tmp_path: Path):
     from lorakit.scheduling.queue import JobQueue
 
     folder = make_experiment(tmp_path, "a", status="preempted")
-    assert read_run(tmp_path, "a")["status"] == "preempted"
+    assert read_run(tmp_path, "a").status == "preempted"
     assert read_run(tmp_path, "nope") is None
     (folder / "run.json").write_text('{"status": ', encoding="utf-8")
     with pytest.raises(DamagedFile):

@@ -23,6 +23,7 @@ import subprocess
 import time
 from typing import Any
 
+from ..conventions import PREEMPTED_EXIT
 from ..errors import PluginError
 from ..hookspecs import hookimpl
 from ..proctree import kill_tree, pdeathsig_preexec
@@ -118,7 +119,7 @@ class RayHandle:
         if not self._started():
             # never started: nothing to checkpoint. SIGUSR1/SIGTERM mean "yield", as a preempted job would.
             self._ray.kill(self._actor)
-            self._code = -signals.SIGKILL if signum == signals.SIGKILL else 75
+            self._code = -signals.SIGKILL if signum == signals.SIGKILL else PREEMPTED_EXIT
             return
         try:
             self._ray.get(self._actor.signal.remote(signum))

@@ -40,10 +40,18 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Executor plugin that runs the jobs: local, ray, ... (lorakit plugins lists them).",
     )(func)
     func = click.option(
+        "--executor-option",
+        "executor_option",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option of the executor plugin (repeatable), e.g. address=HOST:PORT for ray.",
+    )(func)
+    func = click.option(
         "--ray-address",
         default=None,
         metavar="ADDRESS",
-        help="With --executor ray: the cluster to join (default: start a local Ray instance).",
+        help="Same as --executor-option address=ADDRESS: with --executor ray, the cluster to join "
+        "(default: start a local Ray instance).",
     )(func)
     func = click.option(
         "--max-parallel",
@@ -60,26 +68,56 @@ def _pool_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def executor_options(executor: str, pairs: tuple[str, ...], address: str | None) -> dict[str, str]:
+    """``--executor-option KEY=VALUE`` pairs (and ``--ray-address``, the ``address`` option) as the
+    keyword arguments of the executor plugin's ``create``; a key it does not take is a usage error."""
+    import inspect
+
+    from ..errors import LorakitError
+    from ..plugins import get_plugins
+
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise LorakitError(f"--executor-option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    if address:
+        options["address"] = address
+    if not options:
+        return options
+    spec = get_plugins().executors().get(executor)
+    known = spec.options
+    if known is None:  # undeclared: the named keyword parameters of create
+        params = inspect.signature(spec.create).parameters.values()
+        known = tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    for key in options:
+        if key not in known:
+            flag = "--ray-address" if key == "address" and address else f"--executor-option {key}"
+            takes = ", ".join(known) or "none"
+            raise LorakitError(
+                f"{flag}: executor {executor!r} takes no option {key!r} (its options: {takes})"
+            )
+    return options
+
+
 def _scheduler(
     root: Any,
     pool: Any,
     max_parallel: int | None,
     executor: str,
-    ray_address: str | None,
+    options: dict[str, str],
     poll_interval: float,
     *,
     exit_when_done: bool,
 ) -> Any:
     """The Scheduler both `scheduler` and `run-parallel` run, from their shared options."""
-    from ..errors import LorakitError
     from ..scheduling.scheduler import Scheduler
 
-    if ray_address and executor != "ray":
-        raise LorakitError("--ray-address needs --executor ray")
     return Scheduler(
         root,
         executor=executor,
-        executor_options={"address": ray_address} if ray_address else {},
+        executor_options=options,
         gpu_pool=pool,
         max_parallel=max_parallel,
         exit_when_done=exit_when_done,
@@ -286,6 +324,7 @@ def scheduler(
     gpu_pool: str | None,
     max_parallel: int | None,
     executor: str,
+    executor_option: tuple[str, ...],
     ray_address: str | None,
     poll_interval: float,
     outputs: str | None,
@@ -299,7 +338,7 @@ def scheduler(
         parse_gpu_pool(gpu_pool),
         max_parallel,
         executor,
-        ray_address,
+        executor_options(executor, executor_option, ray_address),
         poll_interval,
         exit_when_done=exit_when_done,
     ).run()
@@ -322,24 +361,23 @@ def run_parallel(
     gpu_pool: str | None,
     max_parallel: int | None,
     executor: str,
+    executor_option: tuple[str, ...],
     ray_address: str | None,
     poll_interval: float,
     outputs: str | None,
 ) -> None:
     """Queue every config matching --configs and run them all; exit 1 if any failed."""
-    import uuid
-
     from ..plugins import get_plugins
     from ..runs.layout import outputs_root
-    from ..scheduling.display import job_row, render_table
     from ..scheduling.inventory import parse_gpu_pool
     from ..scheduling.lock import SchedulerRunning, holder_pid, scheduler_running
     from ..scheduling.queue import ACTIVE_STATES, JobQueue
-    from ..scheduling.submit import expand_configs, submit_config, validate_all
+    from ..scheduling.submit import expand_configs, validate_all
 
     root = outputs_root(outputs)
     pool = parse_gpu_pool(gpu_pool)
     get_plugins().executors().get(executor)  # an unknown executor fails before anything is queued
+    options = executor_options(executor, executor_option, ray_address)
     if scheduler_running(root):
         raise SchedulerRunning(
             f"a scheduler is already running for {root} (pid {holder_pid(root)}); "
@@ -349,6 +387,26 @@ def run_parallel(
     jobs = JobQueue(root)
     waiting = {job.exp_id: job for job in jobs.jobs(ACTIVE_STATES)}
     by_exp = validate_all(paths, overrides, root, force=force, in_queue=frozenset(waiting))
+    ids = _queue_all(jobs, by_exp, waiting, overrides, priority=priority, force=force)
+    click.echo(f"{len(ids)} job(s) in the queue; running them")
+    code = _scheduler(root, pool, max_parallel, executor, options, poll_interval, exit_when_done=True).run()
+    _summarise(jobs, ids, root, code)
+
+
+def _queue_all(
+    jobs: Any,
+    by_exp: dict[str, Any],
+    waiting: dict[str, Any],
+    overrides: tuple[str, ...],
+    *,
+    priority: str | None,
+    force: bool,
+) -> list[int]:
+    """Queue each experiment as one batch (one already waiting in the queue runs as it is); their job ids."""
+    import uuid
+
+    from ..scheduling.submit import submit_config
+
     batch = uuid.uuid4().hex[:12]
     ids = []
     for exp_id, path in by_exp.items():
@@ -361,10 +419,13 @@ def run_parallel(
             continue
         job = submit_config(jobs, path, overrides, priority=priority, force=force, batch=batch)
         ids.append(job.id)
-    click.echo(f"{len(ids)} job(s) in the queue; running them")
-    code = _scheduler(
-        root, pool, max_parallel, executor, ray_address, poll_interval, exit_when_done=True
-    ).run()
+    return ids
+
+
+def _summarise(jobs: Any, ids: list[int], root: Any, code: int) -> None:
+    """The jobs' final table; exit with the scheduler's code, else 1 when any job failed."""
+    from ..scheduling.display import job_row, render_table
+
     finished = [jobs.get(job_id) for job_id in ids]
     click.echo("\nsummary:")
     click.echo(render_table([job_row(job, root) for job in finished], note_width=80))

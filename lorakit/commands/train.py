@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -35,7 +36,7 @@ def train(
     nproc: int | None,
 ) -> None:
     """Train the experiment described by CONFIG_PATH."""
-    from ..errors import LorakitError, machine_problem
+    from ..errors import LorakitError
     from ..experiment import Experiment
     from ..training import distributed
     from ..training.loop import RunStopped, catch_early_signals
@@ -62,27 +63,39 @@ def train(
     except LorakitError:
         raise
     except Exception as exc:
-        if distributed.in_worker():
-            distributed.record_rank_error(exc)  # the launcher says which rank failed, and why
-        # a failure after the folder was opened is recorded there; say so in one line (-v: traceback).
-        # A fault of the machine (full disk, read-only folder) is one line and exit 2 even where it kept
-        # the failure from being recorded.
-        machine = machine_problem(exc, experiment.output_dir)
-        failed = _recorded_failure(experiment.outputs, experiment.config.exp_id)
-        if (failed is None and machine is None) or (click.get_current_context().obj or {}).get("verbose"):
-            raise
-        if failed is None:  # the machine refused before anything could be recorded
-            click.echo(f"Error: {machine}", err=True)
-            sys.exit(2)
-        click.echo(f"Error: {experiment.config.exp_id} failed: {failed}", err=True)
-        click.echo(
-            f"  recorded in {experiment.output_dir / 'run.json'}; traceback in "
-            f"{experiment.output_dir / 'train.log'}; checkpoints kept: continue with --resume",
-            err=True,
-        )
-        sys.exit(2 if machine else 1)
+        _exit_failed(experiment, exc)
     if not result.best and distributed.in_worker():
         return  # ranks other than 0 have nothing to report
+    _echo_result(result)
+
+
+def _exit_failed(experiment: Any, exc: Exception) -> NoReturn:
+    """A run that failed: one line saying where it is recorded (-v, or nothing recorded: the traceback)."""
+    from ..errors import machine_problem
+    from ..training import distributed
+
+    if distributed.in_worker():
+        distributed.record_rank_error(exc)  # the launcher says which rank failed, and why
+    # a failure after the folder was opened is recorded there; say so in one line (-v: traceback).
+    # A fault of the machine (full disk, read-only folder) is one line and exit 2 even where it kept
+    # the failure from being recorded.
+    machine = machine_problem(exc, experiment.output_dir)
+    failed = _recorded_failure(experiment.outputs, experiment.config.exp_id)
+    if (failed is None and machine is None) or (click.get_current_context().obj or {}).get("verbose"):
+        raise exc
+    if failed is None:  # the machine refused before anything could be recorded
+        click.echo(f"Error: {machine}", err=True)
+        sys.exit(2)
+    click.echo(f"Error: {experiment.config.exp_id} failed: {failed}", err=True)
+    click.echo(
+        f"  recorded in {experiment.output_dir / 'run.json'}; traceback in "
+        f"{experiment.output_dir / 'train.log'}; checkpoints kept: continue with --resume",
+        err=True,
+    )
+    sys.exit(2 if machine else 1)
+
+
+def _echo_result(result: Any) -> None:
     best = result.best
     click.echo(f"{result.exp_id}: completed, best epoch {best.get('epoch')}")
     for key, value in best.items():
@@ -97,9 +110,9 @@ def _recorded_failure(outputs: Path, exp_id: str) -> str | None:
     from ..training.distributed import is_main_rank
 
     info = read_run(outputs, exp_id)
-    if info is None or info.get("status") != "failed" or not is_main_rank():
+    if info is None or info.status != "failed" or not is_main_rank():
         return None
-    return str(info.get("error") or "unknown error")
+    return str(info.error or "unknown error")
 
 
 @click.command()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..conventions import TASK_TYPES
 from ..errors import ConfigError, did_you_mean
 from ..runs.layout import exp_id_problem
 from .converter import Problems, flatten, unstructure
@@ -25,7 +26,6 @@ from .schema import (
     MIXED_PRECISION,
     POOLINGS,
     PRIORITIES,
-    TASK_TYPES,
     ExperimentConfig,
 )
 

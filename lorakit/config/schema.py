@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 
+from ..conventions import task_type_for
 from ..errors import ConfigError
 from ..training.precision import REQUESTS as PRECISION_REQUESTS
 from .loader import DEFAULT_SOURCE, RawConfig, load_raw
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from ..plugins import Plugins
 
 PRIORITIES = ("low", "medium", "high")
-TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 POOLINGS = ("cls", "mean")
 MIXED_PRECISION = PRECISION_REQUESTS
@@ -226,8 +226,7 @@ class ExperimentConfig:
 
     @property
     def derived_task_type(self) -> str:
-        n = len(self.task_columns)
-        return TASK_TYPES[min(n, 3) - 1]
+        return task_type_for(len(self.task_columns))
 
     def task_labels(self, task: str) -> list[str] | None:
         subset = self.data.label_subset

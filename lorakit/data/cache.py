@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import LorakitWarning
+from ..errors import DamagedFile, LorakitWarning
 from ..fsutil import dumps_json, read_json
 from .fingerprint import CACHE_FORMAT_VERSION, KEY_CHARS, file_sha256, fingerprint_key
 
@@ -138,12 +138,20 @@ def _load_array(path: Path) -> Any:
 
 def read_entry(path: Path, key: str) -> LoadedEntry | None:
     """Load and verify an entry; None if there is none, CorruptEntry(reason) if it fails a check."""
-    import numpy as np
-
     if not path.exists():
         return None
+    meta = _read_meta(path, key)
+    splits = _load_files(path, meta["files"])
+    _check_splits(splits, len(meta["label_map"]["tasks"]))
+    return LoadedEntry(path=path, meta=meta, splits=splits)
+
+
+def _read_meta(path: Path, key: str) -> dict[str, Any]:
+    """meta.json of the entry, for ``key``, with its file list and label map."""
     try:
         meta = read_json(path / META)
+    except DamagedFile as exc:
+        raise CorruptEntry(f"{META} {exc.reason}") from None
     except (OSError, ValueError) as exc:
         raise CorruptEntry(f"{META} unreadable ({type(exc).__name__})") from None
     if not isinstance(meta, dict) or meta.get("key") != key:
@@ -153,8 +161,6 @@ def read_entry(path: Path, key: str) -> LoadedEntry | None:
         or fingerprint_key(meta.get("inputs", {})) != key
     ):
         raise CorruptEntry(f"{META} inputs do not match the key")
-    splits: dict[str, dict[str, Any]] = {}
-    expected = {f"{split}.{array}.npy": (split, array) for split in SPLITS for array in ARRAYS}
     files, label_map = meta.get("files"), meta.get("label_map")
     if (
         not isinstance(files, dict)
@@ -162,6 +168,13 @@ def read_entry(path: Path, key: str) -> LoadedEntry | None:
         or not isinstance(label_map.get("tasks"), dict)
     ):
         raise CorruptEntry(f"{META} lacks its file list or label map")
+    return meta
+
+
+def _load_files(path: Path, files: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every array meta.json lists, each checked against its size and checksum before it is loaded."""
+    splits: dict[str, dict[str, Any]] = {}
+    expected = {f"{split}.{array}.npy": (split, array) for split in SPLITS for array in ARRAYS}
     for name, info in files.items():
         if name not in expected:  # checked before touching the file: meta.json names it
             raise CorruptEntry(f"unexpected file {name!r} in {META}")
@@ -177,7 +190,13 @@ def read_entry(path: Path, key: str) -> LoadedEntry | None:
             splits.setdefault(split, {})[array] = _load_array(file)
         except ValueError as exc:
             raise CorruptEntry(f"{name} unreadable: {exc}") from None
-    n_tasks = len(label_map["tasks"])
+    return splits
+
+
+def _check_splits(splits: dict[str, dict[str, Any]], n_tasks: int) -> None:
+    """Each split's arrays fit together (offsets into ids, one label row of ``n_tasks`` a text)."""
+    import numpy as np
+
     for split, arrays in splits.items():
         if set(arrays) != set(ARRAYS):
             raise CorruptEntry(f"split {split} lacks arrays")
@@ -195,7 +214,6 @@ def read_entry(path: Path, key: str) -> LoadedEntry | None:
             raise CorruptEntry(f"split {split} has inconsistent arrays")
     if "train" not in splits:
         raise CorruptEntry("no train split")
-    return LoadedEntry(path=path, meta=meta, splits=splits)
 
 
 def discard(path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..config.labelmap import read_global_label_map
+from ..conventions import task_type_for
 from ..errors import ConfigError, DataError, LorakitWarning
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
     from ..config.schema import ExperimentConfig
 
-TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 # The id of a masked label cell (data.missing_labels = "mask"): torch's ignore_index, which the losses skip
 # and the metrics leave out.
 MASKED = -100
@@ -55,7 +55,7 @@ class LabelMap:
 
     @property
     def task_type(self) -> str:
-        return TASK_TYPES[min(len(self.tasks), 3) - 1]
+        return task_type_for(len(self.tasks))
 
     @property
     def names(self) -> list[str]:

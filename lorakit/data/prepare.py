@@ -243,33 +243,7 @@ def build_splits(
     label_map = build_label_map(cfg, data_labels=_data_labels(cfg, tables["raw"]))
     encoded = {role: _encode(cfg, table, label_map, stats, role) for role, table in tables.items()}
 
-    raw, raw_ids = encoded["raw"]
-    picked = sample_indices(len(raw.frame), d.max_rows, d.sample_seed)
-    stats["sampled"] = (
-        {"from": len(raw.frame), "rows": len(picked), "seed": d.sample_seed}
-        if len(picked) < len(raw.frame)
-        else None
-    )
-    # Stratify on the label strings, not the ids, so that reordering label_subset keeps the same split.
-    first_labels = np.asarray(label_map.tasks[0].labels, dtype=object)
-    first = raw_ids[picked, 0]
-    strata = np.where(first == MASKED, "", first_labels[np.maximum(first, 0)])  # masked: a stratum of its own
-    parts = stratified_split(
-        strata.astype(str),
-        val_ratio=d.val_ratio if "val" not in tables else 0.0,
-        test_ratio=d.test_ratio if "test" not in tables else 0.0,
-        seed=cfg.seed,
-    )
-    chosen: dict[str, tuple[Table, np.ndarray, np.ndarray]] = {
-        name: (raw, picked[idx], raw_ids[picked[idx]]) for name, idx in parts.items()
-    }
-    for role in ("val", "test"):
-        if role in encoded:
-            table, ids = encoded[role]
-            chosen[role] = (table, np.arange(len(table.frame)), ids)
-    for name in ("train", "val"):
-        if name in chosen and len(chosen[name][1]) == 0:
-            raise DataError(f"{d.raw_data_path}: too few rows ({len(picked)}) for a {name} split; add rows")
+    chosen = _choose_rows(cfg, label_map, encoded, stats)
 
     tokenizer = tokenizer_loader()
     check_max_len(tokenizer, d.max_len)
@@ -285,3 +259,41 @@ def build_splits(
     stats["split_sizes"] = {name: len(s) for name, s in splits.items()}
     stats["truncated_rows"] = {name: int((s.lengths() >= d.max_len).sum()) for name, s in splits.items()}
     return label_map, splits, stats
+
+
+def _choose_rows(
+    cfg: ExperimentConfig, label_map: LabelMap, encoded: dict[str, Any], stats: dict[str, Any]
+) -> dict[str, tuple[Table, Any, Any]]:
+    """Sample the raw rows, split them (stratified), and take the val/test files as given: each split's
+    table, row indices and label ids."""
+    import numpy as np
+
+    d = cfg.data
+    raw, raw_ids = encoded["raw"]
+    picked = sample_indices(len(raw.frame), d.max_rows, d.sample_seed)
+    stats["sampled"] = (
+        {"from": len(raw.frame), "rows": len(picked), "seed": d.sample_seed}
+        if len(picked) < len(raw.frame)
+        else None
+    )
+    # Stratify on the label strings, not the ids, so that reordering label_subset keeps the same split.
+    first_labels = np.asarray(label_map.tasks[0].labels, dtype=object)
+    first = raw_ids[picked, 0]
+    strata = np.where(first == MASKED, "", first_labels[np.maximum(first, 0)])  # masked: a stratum of its own
+    parts = stratified_split(
+        strata.astype(str),
+        val_ratio=d.val_ratio if "val" not in encoded else 0.0,
+        test_ratio=d.test_ratio if "test" not in encoded else 0.0,
+        seed=cfg.seed,
+    )
+    chosen: dict[str, tuple[Table, np.ndarray, np.ndarray]] = {
+        name: (raw, picked[idx], raw_ids[picked[idx]]) for name, idx in parts.items()
+    }
+    for role in ("val", "test"):
+        if role in encoded:
+            table, ids = encoded[role]
+            chosen[role] = (table, np.arange(len(table.frame)), ids)
+    for name in ("train", "val"):
+        if name in chosen and len(chosen[name][1]) == 0:
+            raise DataError(f"{d.raw_data_path}: too few rows ({len(picked)}) for a {name} split; add rows")
+    return chosen

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import readback as rb
+from ..conventions import greater_is_better, is_better, task_type_for
 from ..errors import DamagedFile, LorakitError, LorakitWarning, did_you_mean
 from ..fsutil import dumps_json, write_bytes_atomic
 from .layout import INDEX_FILE, RunLayout, outputs_root
 
 ACTIVE_FILE = ".lorakit_active.json"
 LOCK_TIMEOUT_S = 120.0
-TASK_TYPES = ("single_cls", "double_cls", "multi_cls")
 
 
 class IndexWarning(LorakitWarning):
@@ -92,14 +92,20 @@ def _valid_active(value: Any) -> bool:
 
 
 def _best_from_epochs(metrics: dict[str, Any], headline: str) -> dict[str, Any]:
-    """The best epoch when metrics.json has no ``best`` block yet (highest headline metric)."""
+    """The best epoch when metrics.json has no ``best`` block yet (by the headline metric, in the
+    direction its metric plugin gives)."""
     best: dict[str, Any] = {}
     best_value = None
+    greater: bool | None = None
     for key, values in metrics.items():
         if not (key.startswith("epoch_") and isinstance(values, dict)):
             continue
         value = values.get(headline)
-        if isinstance(value, (int, float)) and (best_value is None or value > best_value):
+        if not isinstance(value, (int, float)):
+            continue
+        if greater is None:
+            greater = greater_is_better(headline, None)
+        if is_better(value, best_value, greater):
             best_value = value
             best = {"epoch": int(key.removeprefix("epoch_")) if key[6:].isdigit() else key[6:], **values}
     return best
@@ -130,31 +136,31 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
     label_map = layout.read_label_map()
     env = layout.read_env()
 
-    tasks = run.get("tasks")
+    tasks = run.tasks
     if not isinstance(tasks, dict):
         tasks = {
             task: list(spec.get("labels", [])) if isinstance(spec, dict) else list(spec)
             for task, spec in (label_map.get("tasks") or {}).items()
         }
-    headline = run.get("headline_metric") or "avg_f1"
+    headline = run.headline
     best = metrics.get("best")
     if not isinstance(best, dict):
         best = _best_from_epochs(metrics, headline)
-    task_type = run.get("task_type") or label_map.get("task_type")
+    task_type = run.task_type or label_map.get("task_type")
     if not task_type and tasks:
-        task_type = TASK_TYPES[min(len(tasks), 3) - 1]
+        task_type = task_type_for(len(tasks))
     return {
-        "create_time": run.get("create_time"),
+        "create_time": run.create_time,
         "task_type": task_type,
-        "base_config": run.get("base_config"),
-        "key_params": dict(run.get("key_params") or {}),
+        "base_config": run.base_config,
+        "key_params": dict(run.key_params or {}),
         "best_metrics": {key: value for key, value in best.items() if key != "epoch"},
         "best_epoch": best.get("epoch"),
         "output_path": str(layout.root.resolve()),
-        "device_used": run.get("device_used") or env.get("device"),
-        "env_version": run.get("env_version") or _env_version(env),
-        "status": run.get("status"),
-        "end_time": run.get("end_time"),
+        "device_used": run.device_used or env.get("device"),
+        "env_version": run.env_version or _env_version(env),
+        "status": run.status,
+        "end_time": run.end_time,
         "tasks": tasks,
         "headline": headline,
         "epochs_done": sum(1 for key in metrics if key.startswith("epoch_")),
@@ -163,9 +169,9 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
         "peak_reserved_mb": run.get("peak_reserved_mb", env.get("peak_reserved_mb")),
         "world_size": run.get("world_size", 1),
         # the precision the run used (fp32 | bf16 | fp16): runs in different precisions are not compared blind
-        "precision": run.get("precision"),
-        "notes": list(run.get("notes") or []),
-        "error": run.get("error"),
+        "precision": run.precision,
+        "notes": list(run.notes or []),
+        "error": run.error,
     }
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 
 from .. import readback as rb
+from ..fsutil import dumps_json, write_json_atomic
+from .record import RunInfo
 
 OUTPUTS_ENV = "LORAKIT_OUTPUTS"
 INDEX_FILE = "experiment_index.json"
@@ -230,9 +232,31 @@ class RunLayout:
 
     # ---- reading back: each raises DamagedFile when its file is damaged -------------------------------
 
-    def read_run(self) -> dict[str, Any]:
+    def read_run(self) -> RunInfo:
         """run.json (it must exist: a folder without one is not an experiment)."""
-        return rb.read_json(self.run_info, RUN_CHECK)
+        return RunInfo.from_json(rb.read_json(self.run_info, RUN_CHECK))
+
+    def read_run_if_any(self) -> RunInfo | None:
+        """run.json, or None when the folder has none (yet)."""
+        return self.read_run() if self.run_info.exists() else None
+
+    def write_run(self, info: RunInfo) -> None:
+        """Replace run.json atomically with ``info``."""
+        write_json_atomic(self.run_info, info.to_json())
+
+    def write_run_in_place(self, info: RunInfo) -> bool:
+        """Last resort on a full disk: rewrite run.json in place (its own blocks are freed by the
+        truncation, so the record fits where a temp file for an atomic write did not). True when written."""
+        data = dumps_json(info.to_json()).encode("utf-8")
+        try:
+            with open(self.run_info, "r+b") as fh:
+                fh.truncate(0)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            return False
+        return True
 
     def read_metrics(self) -> dict[str, Any]:
         """metrics.json; ``{}`` before the first epoch has finished."""

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..conventions import TASK_TYPES, headline_or_default
 from ..errors import DamagedFile, LorakitError, did_you_mean
 from ..readback import read_toml
 from .index import IndexWarning
@@ -71,7 +72,7 @@ KEY_PARAM_ORDER = (
     "max_len",
     "loss_weight",
 )
-N_TASKS = {"single_cls": 1, "double_cls": 2, "multi_cls": 3}
+N_TASKS = {task_type: n for n, task_type in enumerate(TASK_TYPES, start=1)}
 
 
 class FilterError(LorakitError):
@@ -389,7 +390,7 @@ def compare_rows(
     ``only_changed``, the config keys that differ), best epoch and best metrics."""
     metrics = metric_order(
         (name for i in ids for name in entries[i].get("best_metrics") or {}),
-        (entries[i].get("headline") or "avg_f1" for i in ids),
+        (headline_or_default(entries[i].get("headline")) for i in ids),
         (task for i in ids for task in entries[i].get("tasks") or {}),
     )
     if only_changed:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..conventions import DEFAULT_HEADLINE
 from ..errors import DamagedFile
 from ..runs.layout import RunLayout
 from .queue import Job
@@ -29,10 +30,10 @@ def folder_progress(outputs: Path, exp_id: str) -> tuple[int, str | None, float 
     except (DamagedFile, OSError):
         return 0, None, None
     try:
-        headline = layout.read_run().get("headline_metric") if layout.run_info.exists() else None
+        run = layout.read_run_if_any()
     except (DamagedFile, OSError):
-        headline = None
-    headline = headline or "avg_f1"
+        run = None
+    headline = run.headline if run is not None else DEFAULT_HEADLINE
     epochs = sum(1 for key in metrics if key.startswith("epoch_"))
     best = metrics.get("best")
     value = best.get(headline) if isinstance(best, dict) else None

@@ -25,7 +25,6 @@ context, and says so. CPU runs record the process's resident memory instead and 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,9 +175,11 @@ def find_calibration(outputs: str | Path, key: CalibrationKey) -> Calibration | 
         return None
     runs: list[tuple[str, float]] = []
     for run_path in sorted(root.glob("*/run.json")):
-        run = _read_dict(run_path)
-        env = _read_dict(run_path.parent / "env_info.json") or {}
-        if run is None or run.get("status") != "completed" or not _on_gpu(run, env):
+        read = _read_folder(run_path.parent)
+        if read is None:
+            continue  # a damaged folder calibrates nothing (ls names it)
+        run, env = read
+        if run.get("status") != "completed" or not _on_gpu(run, env):
             continue  # CPU runs record resident memory, not GPU memory
         peak = peak_reserved_mb(run, env)
         if peak is not None and recorded_key(run) == key:
@@ -201,12 +202,16 @@ def _on_gpu(run: dict[str, Any], env: dict[str, Any]) -> bool:
     return any(str(where or "").startswith("GPU") for where in (env.get("device"), run.get("device_used")))
 
 
-def _read_dict(path: Path) -> dict[str, Any] | None:
+def _read_folder(folder: Path) -> tuple[Any, dict[str, Any]] | None:
+    """A folder's run record and env_info through the checked readers; None when either is damaged."""
+    from ..errors import DamagedFile
+    from ..runs.layout import RunLayout
+
+    layout = RunLayout(folder)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return layout.read_run(), layout.read_env()
+    except DamagedFile:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def estimate_memory(

@@ -15,17 +15,17 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ..errors import DamagedFile, LorakitWarning
 from ..runs.layout import RunLayout
+from ..runs.record import RunInfo
 from .queue import Job
 
 LOG_DIR = ".scheduler-logs"
 FOLDER_LOG = "scheduler.log"
 
 
-def read_run(outputs: Path, exp_id: str, *, strict: bool = False) -> dict[str, Any] | None:
+def read_run(outputs: Path, exp_id: str, *, strict: bool = False) -> RunInfo | None:
     """``<outputs>/<exp_id>/run.json`` (checked as :meth:`RunLayout.read_run` does), or None when missing.
 
     A damaged run.json raises :class:`~lorakit.errors.DamagedFile` with ``strict``; otherwise it is a
@@ -64,7 +64,7 @@ def start_flags(job: Job, outputs: Path) -> list[str] | None:
             return ["--resume"]  # run.json is gone from an experiment: the same, said by the resume
         # stopped before the trainer wrote run.json: whatever it left is not resumable
         return ["--force"] if folder.is_dir() and any(folder.iterdir()) else []
-    if run.get("status") == "completed":
+    if run.status == "completed":
         return None
     return ["--resume"]
 

@@ -7,17 +7,18 @@ The trainer exits 0 when it completed, 75 (``PREEMPTED_EXIT``) after checkpointi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ..fsutil import write_json_atomic
+from ..conventions import INTERRUPTED_EXIT, PREEMPTED_EXIT
+from ..runs.layout import RunLayout
+from ..runs.record import RunInfo
 from .launch import log_tail, read_run
 from .queue import Job
 
-PREEMPTED_EXIT = 75  # lorakit.training.loop.PREEMPTED_EXIT (not imported: that module imports torch)
-INTERRUPTED_EXIT = 130
 #: how running out of GPU memory reads, on any rank: PyTorch's allocator (CUDA, ROCm), a raw CUDA call,
 #: cuBLAS/cuDNN workspaces, NCCL's buffers. A bare ``ncclSystemError`` is not among them: PyTorch words it
 #: "System call (e.g. socket, malloc) ... failed" for a lost peer too; it counts with "out of memory".
@@ -55,16 +56,17 @@ def is_oom_text(text: str) -> bool:
     return _OOM.search(text) is not None
 
 
-def is_oom(run: dict[str, Any] | None, log_lines: list[str]) -> bool:
+def is_oom(run: RunInfo | Mapping[str, Any] | None, log_lines: list[str]) -> bool:
     """Out of GPU memory on any rank, by run.json's error or by the job's log (where a multi-GPU job's
     launcher prints one ``Error: rank N: ...`` line per failing rank)."""
-    return is_oom_text(str((run or {}).get("error") or "")) or any(is_oom_text(line) for line in log_lines)
+    error = run.get("error") if run is not None else None  # a record, or run.json's content as a dict
+    return is_oom_text(str(error or "")) or any(is_oom_text(line) for line in log_lines)
 
 
-def failure_reason(run: dict[str, Any] | None, log_lines: list[str]) -> str:
+def failure_reason(run: RunInfo | None, log_lines: list[str]) -> str:
     """One line: run.json's error when the run got that far, else the last error line of the log."""
-    if run and run.get("status") == "failed" and run.get("error"):
-        return _shorten(str(run["error"]))
+    if run is not None and run.status == "failed" and run.error:
+        return _shorten(str(run.error))
     for line in reversed(log_lines):
         if _ERROR_LINE.match(line.strip()):
             return _shorten(line.strip())
@@ -110,7 +112,7 @@ def classify(job: Job, code: int, *, outputs: Path, stop_reason: str | None, log
         kept = " (checkpoint kept: resume with lorakit train --resume)" if code == PREEMPTED_EXIT else ""
         return Outcome(state="cancelled", note=f"cancelled{kept}")
     stopped = code in (PREEMPTED_EXIT, INTERRUPTED_EXIT) or (
-        stop_reason is not None and (code < 0 or (run or {}).get("status") == "preempted")
+        stop_reason is not None and (code < 0 or (run is not None and run.status == "preempted"))
     )
     if stopped:
         return Outcome(state="preempted", note=stop_reason or f"stopped (exit {code})", start_mode="resume")
@@ -132,12 +134,9 @@ def record_run_notes(outputs: Path, job: Job) -> None:
     run = read_run(outputs, job.exp_id)
     if run is None:
         return
-    notes = list(run.get("notes") or [])
-    missing = [note for note in job.run_notes if note not in notes]
-    if not missing:
+    if not run.add_notes(list(job.run_notes)):
         return
-    run["notes"] = notes + missing
-    write_json_atomic(outputs / job.exp_id / "run.json", run)
+    RunLayout(outputs / job.exp_id).write_run(run)
     from ..runs.index import ExperimentIndex
 
     ExperimentIndex(outputs).sync(job.exp_id)

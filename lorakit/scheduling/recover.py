@@ -33,7 +33,8 @@ def recover_orphans(queue: JobQueue, outputs: Path, event: Callable[[str], None]
     for job in queue.jobs(["running"]):
         if job.pid and is_training_process(job.pid):
             _stop_orphan(job.pid, preempt_signal(job))
-        status = (read_run(outputs, job.exp_id) or {}).get("status")
+        run = read_run(outputs, job.exp_id)
+        status = run.status if run is not None else None
         state = {"completed": "done", "failed": "failed"}.get(status or "", "preempted")
         if job.cancel_requested and state == "preempted":
             state = "cancelled"

@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from ..conventions import INTERRUPTED_EXIT
 from ..errors import LorakitError
 from ..plugins import Plugins, get_plugins
 from .display import Board, job_row
@@ -44,8 +45,6 @@ from .placement import (
 )
 from .queue import ACTIVE_STATES, PENDING_STATES, Job, JobQueue, QueueError
 from .recover import preempt_signal, recover_orphans
-
-INTERRUPTED_EXIT = 130
 
 
 @attrs.define(kw_only=True)

@@ -19,15 +19,15 @@ def check_start(cfg: ExperimentConfig, outputs: Path, *, resume: bool, force: bo
     if resume:
         return "resume"
     folder = outputs / cfg.exp_id
-    run = read_run(outputs, cfg.exp_id)
+    run = read_run(outputs, cfg.exp_id, strict=True)
     if run is None:
         if folder.is_dir() and any(folder.iterdir()):
             raise LorakitError(f"{folder} exists and is not a lorakit experiment; submit with --force")
         return "new"
-    if run.get("status") == "completed":
+    if run.status == "completed":
         raise LorakitError(f"{folder} holds a completed experiment; submit with --force to train it again")
     raise LorakitError(
-        f"{folder} holds an unfinished run ({run.get('status')}); submit with --resume to continue it "
+        f"{folder} holds an unfinished run ({run.status}); submit with --resume to continue it "
         "or --force to start over"
     )
 

@@ -20,8 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..conventions import stop_exit_code
 from ..proctree import LAUNCHER_ENV, catches, cmdline, descendants, kill_tree, pdeathsig_preexec
-from .loop import PREEMPTED_EXIT, STOP_SIGNALS, early_signal
+from ..runs.record import RunInfo
+from .loop import STOP_SIGNALS, early_signal
 
 
 def is_main_rank() -> bool:
@@ -98,7 +100,7 @@ def root_cause(errors: dict[int, str], nproc: int | None = None) -> tuple[int | 
     return min(errors), errors[min(errors)]
 
 
-def _read_run(run_json: Path) -> dict[str, Any] | None:
+def _read_run(run_json: Path) -> RunInfo | None:
     from ..scheduling.launch import read_run
 
     return read_run(run_json.parent.parent, run_json.parent.name)
@@ -111,14 +113,14 @@ def _mtime(path: Path) -> int | None:
 def _record_failure(run_json: Path, error: str) -> None:
     """run.json says ``failed`` with ``error``, whatever rank 0 had time to write (torchrun stops the other
     ranks when one fails: rank 0 may have been stopped as if preempted, or killed mid-step)."""
-    from ..fsutil import write_json_atomic
     from ..runs.index import ExperimentIndex
+    from ..runs.layout import RunLayout
 
     info = _read_run(run_json)
-    if info is None or info.get("status") == "completed":
+    if info is None or info.status == "completed":
         return
     info.update(status="failed", error=error)
-    write_json_atomic(run_json, info)
+    RunLayout(run_json.parent).write_run(info)
     ExperimentIndex(run_json.parent.parent).sync(run_json.parent.name)
 
 
@@ -198,7 +200,7 @@ def launch(nproc: int, train_args: list[str], run_json: Path) -> int:
     try:
         early = early_signal() or (forwarder.received[-1] if forwarder.received else None)
         if early is not None:  # stopped before any rank started: nothing to checkpoint, nothing written
-            return 130 if early == "SIGINT" else PREEMPTED_EXIT
+            return stop_exit_code(early)
         env = {**os.environ, RANK_ERRORS_ENV: str(errors_dir), LAUNCHER_ENV: str(os.getpid())}
         code = _run_torchrun(cmd, env, forwarder)
         errors = rank_errors(errors_dir)
@@ -216,10 +218,11 @@ def _failed_exit(
     received: list[str], errors: dict[int, str], run_json: Path, *, nproc: int, written: bool
 ) -> int:
     """The exit code of a torchrun that failed: stopped on our signal, or a rank failed (then say which)."""
-    status = (_read_run(run_json) or {}).get("status") if written else None
+    run = _read_run(run_json) if written else None
+    status = run.status if run is not None else None
     if received and status != "failed":
         # the ranks stopped as asked (those that did not finish their checkpoint resume from the last one)
-        return 130 if received[-1] == "SIGINT" else PREEMPTED_EXIT
+        return stop_exit_code(received[-1])
     if not written:
         # the ranks stopped before writing anything: a user error, already printed by them, unless one
         # of them failed (a user error is never recorded as a rank's failure)

@@ -9,12 +9,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
 from ..config.schema import ExperimentConfig
+from ..conventions import greater_is_better, headline_metric, is_better, stop_exit_code
 from ..errors import LorakitError, ResumeError
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
@@ -33,9 +35,6 @@ from .evaluate import compute_metrics, predict_split
 
 log = logging.getLogger("lorakit.train")
 
-# Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL: try again).
-PREEMPTED_EXIT = 75
-INTERRUPTED_EXIT = 130
 STOP_SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
 
 
@@ -45,7 +44,7 @@ class RunStopped(Exception):
     def __init__(self, signal_name: str, global_step: int):
         self.signal_name = signal_name
         self.global_step = global_step
-        self.exit_code = INTERRUPTED_EXIT if signal_name == "SIGINT" else PREEMPTED_EXIT
+        self.exit_code = stop_exit_code(signal_name)
         super().__init__(
             f"stopped by {signal_name} at step {global_step}; checkpoint saved, resume with --resume"
         )
@@ -69,26 +68,6 @@ class LoopState:
     train_loss_sum: float = 0.0
     train_loss_batches: int = 0
     skipped_steps: int = 0  # fp16 steps the loss scaler skipped (inf/NaN gradients); the LR did not move
-
-
-def headline_metric(save_strategy: str) -> str:
-    return save_strategy.removeprefix("best_") if save_strategy.startswith("best_") else "avg_f1"
-
-
-def greater_is_better(metric: str, plugins: Plugins) -> bool:
-    """Whether a metrics.json key improves upwards: its metric plugin says so (``<task>_<metric>`` keys
-    included); ``f1``/``accuracy`` keys do; losses do not."""
-    registry = plugins.metrics()
-    for name in registry:
-        if metric == name or metric.endswith(f"_{name}"):
-            return registry.get(name).greater_is_better
-    return not metric.endswith("loss")
-
-
-def _better(value: float, best: float | None, greater: bool) -> bool:
-    if best is None:
-        return True
-    return value > best if greater else value < best
 
 
 _EARLY: list[str] = []  # stop signals received before a run's SignalCatcher was installed
@@ -180,51 +159,65 @@ class TrainingLoop:
         self.on_best = on_best
         self.metric = headline_metric(cfg.train.save_strategy)
         self.probability_fns = [t.head_spec.probabilities for t in plan.tasks]
+        self.signals = signals or SignalCatcher()
+        self._setup_device(precision)
+        self._setup_optimizer(classifier, combiner)
+        self.train_split = data.splits["train"]
+        self._setup_schedule()
+        self.state = LoopState()
 
+    def _setup_device(self, precision: str | None) -> None:
+        """Accelerate on the configured device, and the precision the run trains in."""
         import torch
         from accelerate import Accelerator
 
-        wanted = cfg.train.device
+        wanted = self.cfg.train.device
         # mixed precision is lorakit's own autocast and scaler (see training/precision.py), not Accelerate's
         self.accelerator = Accelerator(
             cpu=wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()),
             mixed_precision="no",
         )
         self.device = self.accelerator.device
-        self.signals = signals or SignalCatcher()
         #: fp32 | bf16 | fp16: a resumed run passes the precision it started with
-        self.precision = precision or mp.resolve(cfg.train.mixed_precision, self.device)
+        self.precision = precision or mp.resolve(self.cfg.train.mixed_precision, self.device)
         self.scaler = mp.grad_scaler(self.precision, self.device)
         self.tf32 = mp.enable_tf32(self.device)
         note = mp.emulation_note(self.precision, self.device)
         if note and self.accelerator.is_main_process:
             log.warning("%s", note)
+
+    def _setup_optimizer(self, classifier: Any, combiner: Any) -> None:
+        """AdamW over the trainable weights of the model and the loss (no weight decay on 1-D ones)."""
+        import torch
+
         params = [p for p in classifier.parameters() if p.requires_grad]
         params += [p for p in combiner.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": cfg.train.weight_decay},
+                {"params": decay, "weight_decay": self.cfg.train.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=cfg.train.lr,
+            lr=self.cfg.train.lr,
         )
         self.classifier, self.optimizer = self.accelerator.prepare(classifier, optimizer)
         # the bare optimizer: the loss scaler keys its per-optimizer state on the object it is given
         self._optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         self.combiner = combiner.to(self.device)
         self._combiner_params = [p for p in self.combiner.parameters() if p.requires_grad]
-        self.train_split = data.splits["train"]
+
+    def _setup_schedule(self) -> None:
+        """Steps per epoch and the LR scheduler over all of them."""
+        train = self.cfg.train
         self.batches_per_epoch = len(self._batches(1))
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.grad_accum)
-        total = self.steps_per_epoch * cfg.train.epochs
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
+        total = self.steps_per_epoch * train.epochs
         self.scheduler = (
-            plugins.lr_schedulers()
-            .get(cfg.train.lr_scheduler)
-            .build(self.optimizer, round(total * cfg.train.warmup_ratio), total)
+            self.plugins.lr_schedulers()
+            .get(train.lr_scheduler)
+            .build(self.optimizer, round(total * train.warmup_ratio), total)
         )
-        self.state = LoopState()
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -248,12 +241,15 @@ class TrainingLoop:
             **{f"loss.{k}": v for k, v in trainable_state(self.combiner).items()},
         }
 
-    def load_trainable(self, weights: dict[str, Any]) -> None:
+    def load_trainable(self, weights: dict[str, Any], source: Path | None = None) -> None:
+        """Load trainable weights; ``source`` (the file they came from) is named when they do not fit."""
         from ..modeling.model import load_trainable_state
 
         model = self.accelerator.unwrap_model(self.classifier)
-        load_trainable_state(model, {k[6:]: v for k, v in weights.items() if k.startswith("model.")})
-        load_trainable_state(self.combiner, {k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
+        model_weights = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
+        load_trainable_state(model, model_weights, source=source)
+        loss_weights = {k[5:]: v for k, v in weights.items() if k.startswith("loss.")}
+        load_trainable_state(self.combiner, loss_weights, source=source)
 
     @property
     def world_size(self) -> int:
@@ -327,7 +323,7 @@ class TrainingLoop:
                 f"{path}: trained in {saved_precision}, resuming in {self.precision}; "
                 f'set train.mixed_precision = "{saved_precision}" to resume exactly'
             )
-        self.load_trainable(ckpt["weights"])
+        self.load_trainable(ckpt["weights"], source=path / "trainable.safetensors")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt["scaler"] is not None:
@@ -550,8 +546,8 @@ class TrainingLoop:
                 f"train.save_strategy: metric {self.metric!r} is not computed; known: {', '.join(sorted(metrics))}"
             )
         value = metrics[self.metric]
-        greater = greater_is_better(self.metric, self.plugins)
-        is_best = self.cfg.train.save_strategy == "last" or _better(value, self.state.best_value, greater)
+        greater = greater_is_better(self.metric, self.plugins.metrics())
+        is_best = self.cfg.train.save_strategy == "last" or is_better(value, self.state.best_value, greater)
         if is_best:
             self.state.best_epoch, self.state.best_value = epoch, value
             self.state.epochs_without_best = 0

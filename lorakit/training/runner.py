@@ -21,10 +21,12 @@ import attrs
 
 from ..config.render import to_toml
 from ..config.schema import ExperimentConfig, to_dict
+from ..conventions import headline_metric
 from ..errors import ResumeError
 from ..fsutil import read_json, write_json_atomic, write_text_atomic
 from ..plugins import Plugins
 from ..runs.layout import RunLayout
+from ..runs.record import RunInfo
 from .distributed import is_main_rank
 from .envinfo import env_info, env_version, package_versions, peak_memory_mb
 
@@ -116,7 +118,8 @@ def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -
                 "experiment folders: move it away or choose another exp_id"
             )
         return False
-    info = read_json(layout.run_info) if layout.run_info.is_file() else None
+    layout.require_run()  # experiment files without run.json: damaged, not "not an experiment"
+    info = layout.read_run_if_any()
     if info is None:
         if any(root.iterdir()):
             raise ResumeError(
@@ -124,17 +127,18 @@ def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -
                 "another exp_id"
             )
         return False
-    status = info.get("status")
+    status = info.status
     if not resume:
         if status == "completed":
             raise ResumeError(f"{root} holds a completed experiment; use --force to train it again")
         raise ResumeError(f"{root} holds an unfinished run ({status}); use --resume to continue or --force")
     if status == "completed":
         raise ResumeError(f"{root} is already completed; nothing to resume (use --force to retrain)")
-    if info.get("config_fingerprint") != cfg_fp:
+    if info.config_fingerprint != cfg_fp:
         raise ResumeError(
             f"{root}: the config changed since this run started; resume refused (use --force to start over)"
         )
+    layout.check_files()  # a resume rewrites metrics.json and run.json: never over a damaged one
     return True
 
 
@@ -215,7 +219,7 @@ def _setup(cfg: ExperimentConfig, plugins: Plugins, layout: RunLayout, cfg_fp: s
     combiner = build_losses(cfg, plan, plugins)
     classifier = build_classifier(plan, encoder, plugins, cfg.seed)
     check_heads_and_losses(plan, classifier, combiner, encoder.config.hidden_size)
-    if check and read_json(layout.run_info).get("data_fingerprint") != data.fingerprint:
+    if check and layout.read_run().data_fingerprint != data.fingerprint:
         raise ResumeError(
             f"{layout.root}: the data changed since this run started; resume refused (use --force)"
         )
@@ -259,51 +263,62 @@ def _run(
         _check_checkpoint(layout)
     setup = _setup(cfg, plugins, layout, cfg_fp, check=resuming and main)
     # a resumed run keeps the precision it started in (``auto`` is decided once, at the first start)
-    pinned = None
-    if resume and layout.run_info.is_file():
-        pinned = (read_json(layout.run_info) or {}).get("precision")
-
-    run_info: dict[str, Any] = {}
+    run = layout.read_run() if resume and layout.run_info.is_file() else None
+    pinned = run.precision if run is not None else None
+    run_info = RunInfo()  # rank 0's record; the other ranks write none
     if main:
         run_info = _open_folder(layout, cfg, config_path, setup, resuming=resuming, force=force)
     with _LogToFile(layout.train_log, echo) if main else contextlib.nullcontext():
-        loop = None
-        try:
-            loop = _build_loop(cfg, plugins, layout, setup, precision=pinned, signals=signals)
-            if main:
-                _record_start(layout, run_info, loop, plugins, cfg)
-            if resuming and not loop.resume():
-                log.info("no checkpoint found: starting from the beginning")
-            _log_start(cfg, setup, loop)
-            start_step = loop.state.global_step
-            state = loop.run()
-            report = loop.rank_report()
-            if not main:
-                return RunResult(
-                    exp_id=cfg.exp_id,
-                    output_dir=layout.root,
-                    status="completed",
-                    metrics={},
-                    best={},
-                    data_cache_hit=setup.data.hit,
-                )
-            _record_ranks(run_info, report, loop)
-            # a resume that found training already over (it failed after training) saves the best
-            # adapter again before checking it: what failed may have been that very file
-            resave = resuming and loop.state.global_step == start_step
-            metrics_doc = _after_training(layout, loop, setup.data, resave=resave)
-        except BaseException as exc:
-            if main:
-                _record_failure(layout, run_info, loop, plugins, cfg, exc)
-            raise
-        _complete(layout, run_info, loop, plugins, cfg)
-        log.info(
-            "%s completed: best epoch %s, %s %.4f",
-            cfg.exp_id,
-            state.best_epoch,
-            loop.metric,
-            state.best_value,
+        return _train(
+            cfg, plugins, layout, setup, run_info, resuming=resuming, precision=pinned, signals=signals
         )
+
+
+def _train(
+    cfg: ExperimentConfig,
+    plugins: Plugins,
+    layout: RunLayout,
+    setup: _Setup,
+    run_info: RunInfo,
+    *,
+    resuming: bool,
+    precision: str | None,
+    signals: Any,
+) -> RunResult:
+    """Build the loop, train, then (rank 0) score, check and record the run; a failure is recorded."""
+    main = is_main_rank()
+    loop = None
+    try:
+        loop = _build_loop(cfg, plugins, layout, setup, precision=precision, signals=signals)
+        if main:
+            _record_start(layout, run_info, loop, plugins, cfg)
+        if resuming and not loop.resume():
+            log.info("no checkpoint found: starting from the beginning")
+        _log_start(cfg, setup, loop)
+        start_step = loop.state.global_step
+        state = loop.run()
+        report = loop.rank_report()
+        if not main:
+            return _result(cfg, layout, setup, {})
+        _record_ranks(run_info, report, loop)
+        # a resume that found training already over (it failed after training) saves the best
+        # adapter again before checking it: what failed may have been that very file
+        resave = resuming and loop.state.global_step == start_step
+        metrics_doc = _after_training(layout, loop, setup.data, resave=resave)
+    except BaseException as exc:
+        if main:
+            _record_failure(layout, run_info, loop, plugins, cfg, exc)
+        raise
+    _complete(layout, run_info, loop, plugins, cfg)
+    log.info(
+        "%s completed: best epoch %s, %s %.4f", cfg.exp_id, state.best_epoch, loop.metric, state.best_value
+    )
+    return _result(cfg, layout, setup, metrics_doc)
+
+
+def _result(
+    cfg: ExperimentConfig, layout: RunLayout, setup: _Setup, metrics_doc: dict[str, Any]
+) -> RunResult:
     return RunResult(
         exp_id=cfg.exp_id,
         output_dir=layout.root,
@@ -355,7 +370,7 @@ def _build_loop(
 
 
 def _record_start(
-    layout: RunLayout, run_info: dict, loop: Any, plugins: Plugins, cfg: ExperimentConfig
+    layout: RunLayout, run_info: RunInfo, loop: Any, plugins: Plugins, cfg: ExperimentConfig
 ) -> None:
     run_info.update(
         device_used=_device_used(loop.device),
@@ -363,7 +378,7 @@ def _record_start(
         precision=loop.precision,
         tf32=loop.tf32,
     )
-    write_json_atomic(layout.run_info, run_info)
+    layout.write_run(run_info)
     write_json_atomic(layout.env_info, env_info(loop.device, _plugin_versions(plugins)))
     _sync_index(layout)
     plugins.on_run_start(exp_id=cfg.exp_id, config=to_dict(cfg), output_dir=str(layout.root))
@@ -384,16 +399,16 @@ def _log_start(cfg: ExperimentConfig, setup: _Setup, loop: Any) -> None:
     )
 
 
-def _record_ranks(run_info: dict, report: list[dict[str, Any]], loop: Any) -> None:
+def _record_ranks(run_info: RunInfo, report: list[dict[str, Any]], loop: Any) -> None:
     """Steps, peaks and weight checksums of every rank; ranks that drifted apart fail the run."""
-    run_info["steps_per_rank"] = [r["steps"] for r in report]
+    run_info.steps_per_rank = [r["steps"] for r in report]
     for key in ("peak_memory_mb", "peak_reserved_mb"):
         values = [r.get(key) for r in report]
         known = [v for v in values if v is not None]
-        run_info[key] = max(known) if known else None
+        run_info.update(**{key: max(known) if known else None})
         if len(report) > 1:
-            run_info[f"{key}_per_rank"] = values
-    run_info["skipped_steps"] = loop.state.skipped_steps
+            run_info.update(**{f"{key}_per_rank": values})
+    run_info.skipped_steps = loop.state.skipped_steps
     checksums = {r["checksum"] for r in report if "checksum" in r}
     if len(checksums) > 1:
         raise RuntimeError(
@@ -417,7 +432,9 @@ def _after_training(layout: RunLayout, loop: Any, data: Any, *, resave: bool) ->
     return metrics_doc
 
 
-def _complete(layout: RunLayout, run_info: dict, loop: Any, plugins: Plugins, cfg: ExperimentConfig) -> None:
+def _complete(
+    layout: RunLayout, run_info: RunInfo, loop: Any, plugins: Plugins, cfg: ExperimentConfig
+) -> None:
     """Record the run as completed; a plugin's ``lorakit_on_run_end`` that raises makes it failed (the
     checkpoints stay, so ``--resume`` redoes only the work after training)."""
     try:
@@ -430,7 +447,7 @@ def _complete(layout: RunLayout, run_info: dict, loop: Any, plugins: Plugins, cf
 
 def _record_failure(
     layout: RunLayout,
-    run_info: dict,
+    run_info: RunInfo,
     loop: Any,
     plugins: Plugins,
     cfg: ExperimentConfig,
@@ -447,25 +464,8 @@ def _record_failure(
     try:
         _finish(layout, run_info, loop, plugins, cfg, status, reason)
     except Exception as record_exc:  # a full disk may refuse the record too: the run's failure is the news
-        if not _record_in_place(layout.run_info, run_info):
+        if not layout.write_run_in_place(run_info):
             log.warning("could not record %s in %s: %s", status, layout.run_info, failure_reason(record_exc))
-
-
-def _record_in_place(path: Path, run_info: dict) -> bool:
-    """Last resort on a full disk: rewrite run.json in place (its own blocks are freed by the truncation, so
-    the record fits where a temp file for an atomic write did not). True when it was written."""
-    from ..fsutil import dumps_json
-
-    data = dumps_json(run_info).encode("utf-8")
-    try:
-        with open(path, "r+b") as fh:
-            fh.truncate(0)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError:
-        return False
-    return True
 
 
 def _log_traceback(layout: RunLayout, exc: BaseException) -> None:
@@ -497,7 +497,7 @@ def _open_folder(
     *,
     resuming: bool,
     force: bool,
-) -> dict[str, Any]:
+) -> RunInfo:
     """Create (or, with --force, replace) the experiment folder and write what is known before training."""
     if force and layout.root.exists():
         trash = layout.root.with_name(f".{layout.exp_id}.deleted-{uuid.uuid4().hex[:8]}")
@@ -505,7 +505,7 @@ def _open_folder(
         shutil.rmtree(trash, ignore_errors=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     if resuming:
-        run_info = read_json(layout.run_info)
+        run_info = layout.read_run()
     else:
         run_info = _initial_run_info(cfg, config_path, setup.data, setup.plan, setup.fingerprints)
         _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
@@ -551,20 +551,20 @@ def _plugin_versions(plugins: Plugins) -> dict[str, str]:
 
 def _initial_run_info(
     cfg: ExperimentConfig, config_path: str | None, data: Any, plan: Any, fps: dict
-) -> dict:
+) -> RunInfo:
     from ..config.render import short_source
 
-    return {
-        "exp_id": cfg.exp_id,
-        "status": "running",
-        "create_time": now(),
-        "end_time": None,
-        "task_type": cfg.derived_task_type,
-        "tasks": {t.name: list(t.labels) for t in data.label_map.tasks},
-        "base_config": cfg.base_config,
-        "config_path": config_path,
-        "config_display": short_source(config_path) if config_path else None,
-        "key_params": {
+    return RunInfo(
+        exp_id=cfg.exp_id,
+        status="running",
+        create_time=now(),
+        end_time=None,
+        task_type=cfg.derived_task_type,
+        tasks={t.name: list(t.labels) for t in data.label_map.tasks},
+        base_config=cfg.base_config,
+        config_path=config_path,
+        config_display=short_source(config_path) if config_path else None,
+        key_params={
             "model": cfg.model.arch,
             "backbone": plan.backbone,
             "method": cfg.model.method,
@@ -578,20 +578,18 @@ def _initial_run_info(
             "max_len": cfg.data.max_len,
             "loss_weight": cfg.train.loss_weight,
         },
-        "headline_metric": cfg.train.save_strategy.removeprefix("best_")
-        if cfg.train.save_strategy != "last"
-        else "avg_f1",
-        "device_used": None,
-        "precision": None,
-        "env_version": env_version(package_versions()),
-        "error": None,
-        "notes": [],
-        "config_fingerprint": fps["config"],
-        "data_fingerprint": fps["data"],
-        "data_stats": data.stats,
+        headline_metric=headline_metric(cfg.train.save_strategy),
+        device_used=None,
+        precision=None,
+        env_version=env_version(package_versions()),
+        error=None,
+        notes=[],
+        config_fingerprint=fps["config"],
+        data_fingerprint=fps["data"],
+        data_stats=data.stats,
         # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
-        "train_tokens": int(data.splits["train"].lengths().sum()),
-    }
+        train_tokens=int(data.splits["train"].lengths().sum()),
+    )
 
 
 def _method_rank(cfg: ExperimentConfig) -> int | None:
@@ -601,7 +599,7 @@ def _method_rank(cfg: ExperimentConfig) -> int | None:
 
 def _finish(
     layout: RunLayout,
-    run_info: dict,
+    run_info: RunInfo,
     loop: Any,
     plugins: Plugins,
     cfg: ExperimentConfig,
@@ -614,14 +612,15 @@ def _finish(
         memory = peak_memory_mb(loop.device)
         for key, value in memory.items():
             # rank 0's peak now includes the work after training; a completed run has every rank's
-            per_rank = run_info.get(f"{key}_per_rank")
+            per_rank = getattr(run_info, f"{key}_per_rank")
+            recorded = getattr(run_info, key)
             if per_rank and value is not None:
                 per_rank[0] = max(per_rank[0] or 0, value)
                 memory[key] = max(v for v in per_rank if v is not None)
-            elif isinstance(run_info.get(key), (int, float)) and value is not None:
-                memory[key] = max(value, run_info[key])
-        run_info.update(memory)
-    write_json_atomic(layout.run_info, run_info)
+            elif isinstance(recorded, (int, float)) and value is not None:
+                memory[key] = max(value, recorded)
+        run_info.update(**memory)
+    layout.write_run(run_info)
     env = read_json(layout.env_info) if layout.env_info.is_file() else {}
     env.update(memory)
     write_json_atomic(layout.env_info, env)
@@ -633,21 +632,21 @@ def _finish(
 def _restore_best(layout: RunLayout, loop: Any) -> None:
     """Put the best epoch's weights back into the live model: as trained (kept beside the checkpoints),
     or, for a run resumed from an older lorakit, from the saved adapter through peft's key mapping."""
-    from .checkpoint import load_best
+    from .checkpoint import BEST_FILE, load_best
 
     best = load_best(layout.checkpoints)
     if best is not None:
-        loop.load_trainable(best)
+        loop.load_trainable(best, source=layout.checkpoints / BEST_FILE)
         return
     import peft
     from safetensors.torch import load_file
 
+    from .. import readback
     from ..modeling.artifacts import load_heads
 
     model = loop.accelerator.unwrap_model(loop.classifier)
-    peft.set_peft_model_state_dict(
-        model.encoder, load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
-    )
+    readback.safetensors_header(layout.adapter_weights)
+    peft.set_peft_model_state_dict(model.encoder, load_file(str(layout.adapter_weights)))
     load_heads(model, layout)
 
 
