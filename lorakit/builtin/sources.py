@@ -37,9 +37,9 @@ def _no_rows(path: str | Path) -> DataError:
 def _read_bytes(path: str | Path) -> bytes:
     try:
         kind = stat.S_IFMT(os.stat(path).st_mode)
-        if kind != stat.S_IFREG:  # a FIFO would block for ever; a folder is an error of its own
-            name = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
-            raise DataError(f"{path}: not a regular file ({name.get(kind, 'a device')})")
+        if kind not in (stat.S_IFREG, stat.S_IFDIR):  # a FIFO would block for ever (a folder fails below)
+            name = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(kind, "a device")
+            raise DataError(f"{path}: not a regular file ({name})")
         return Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {_one_line(exc.strerror or exc)}") from None
