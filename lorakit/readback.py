@@ -281,29 +281,33 @@ def parse_json(path: str | Path, text: str) -> Any:
         raise DamagedContent(path, "not JSON: nested too deeply") from None
 
 
+def _read_unless_missing(path: str | Path, missing_ok: bool) -> bytes | None:
+    """The file's bytes; None when it does not exist and ``missing_ok`` (else that is damage)."""
+    try:
+        return read_bytes(path)
+    except MissingFile:
+        if missing_ok:
+            return None
+        raise
+
+
 def read_json(path: str | Path, check: Check | None = OBJECT, *, missing_ok: bool = False) -> Any:
     """A JSON file lorakit wrote, parsed and checked against ``check`` (default: a JSON object).
 
     ``missing_ok``: None when the file does not exist (an optional file: a run that has just started has
     no metrics yet). Everything else that is wrong raises :class:`DamagedFile`.
     """
-    try:
-        data = read_bytes(path)
-    except MissingFile:
-        if missing_ok:
-            return None
-        raise
+    data = _read_unless_missing(path, missing_ok)
+    if data is None:
+        return None
     return validate(path, parse_json(path, decode_text(path, data)), check)
 
 
 def read_toml(path: str | Path, check: Check | None = None, *, missing_ok: bool = False) -> Any:
     """A TOML file lorakit wrote (``config_copy.toml``), parsed and checked; as :func:`read_json`."""
-    try:
-        data = read_bytes(path)
-    except MissingFile:
-        if missing_ok:
-            return None
-        raise
+    data = _read_unless_missing(path, missing_ok)
+    if data is None:
+        return None
     text = decode_text(path, data)
     try:
         parsed = tomllib.loads(text)
