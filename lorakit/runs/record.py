@@ -81,6 +81,9 @@ class RunInfo:
     peak_memory_mb_per_rank: list[float | None] | None = None
     peak_reserved_mb_per_rank: list[float | None] | None = None
     skipped_steps: int | None = None
+    # the training epochs' throughput (training.throughput.run_throughput): tokens_processed, tokens_per_s,
+    # train_flops_per_token, matmul_peak_flops, mfu
+    throughput: dict[str, Any] | None = None
     #: keys this lorakit does not know, kept as they are
     extra: dict[str, Any] = attrs.field(factory=dict)
     # which keys run.json holds, in its order: a key never set stays absent (``peak_memory_mb`` absent

@@ -107,6 +107,7 @@ def summary_fields(run: RunInfo, metrics: Mapping[str, Any]) -> list[tuple[str, 
         ("ended", run.end_time),
         ("task_type", run.task_type),
         ("best", best_line(run, metrics)),
+        ("throughput", throughput_line(run)),
         ("base_config", run.base_config),
         ("config_path", run.config_path),
         ("error", run.error),
@@ -115,6 +116,18 @@ def summary_fields(run: RunInfo, metrics: Mapping[str, Any]) -> list[tuple[str, 
         fields.append((f"task {task}", ", ".join(map(str, labels))))
     fields += [(f"note {i + 1}", note) for i, note in enumerate(run.notes or [])]
     return fields
+
+
+def throughput_line(run: RunInfo) -> str | None:
+    """``12,345 tokens/s over 1,234,567 tokens; MFU 23.4% of 150 GFLOP/s (fp32 matmul peak)``."""
+    t = run.throughput
+    if not isinstance(t, dict) or not t.get("tokens_per_s"):
+        return None
+    line = f"{t['tokens_per_s']:,.0f} tokens/s over {t.get('tokens_processed', 0):,} tokens"
+    if isinstance(t.get("mfu"), (int, float)) and t.get("matmul_peak_flops"):
+        peak = t["matmul_peak_flops"] / 1e9
+        line += f"; MFU {t['mfu']:.1%} of {peak:,.0f} GFLOP/s ({run.precision or 'fp32'} matmul peak)"
+    return line
 
 
 def epochs_in_order(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -301,6 +301,7 @@ def _train(
         if not main:
             return _result(cfg, layout, setup, {})
         _record_ranks(run_info, report, loop)
+        run_info.throughput = _throughput(loop, setup, run_info) or None
         # a resume that found training already over (it failed after training) saves the best
         # adapter again before checking it: what failed may have been that very file
         resave = resuming and loop.state.global_step == start_step
@@ -314,6 +315,26 @@ def _train(
         "%s completed: best epoch %s, %s %.4f", cfg.exp_id, state.best_epoch, loop.metric, state.best_value
     )
     return _result(cfg, layout, setup, metrics_doc)
+
+
+def _throughput(loop: Any, setup: _Setup, run_info: RunInfo) -> dict[str, Any]:
+    """Tokens, tokens/s and MFU of the training epochs (the epoch times exclude evaluation)."""
+    from .throughput import run_throughput
+
+    epochs = [m for m in loop.state.history.values() if isinstance(m, dict)]
+    seconds = [float(m["epoch_seconds"]) for m in epochs if isinstance(m.get("epoch_seconds"), (int, float))]
+    model = loop.accelerator.unwrap_model(loop.classifier)
+    return run_throughput(
+        model_config=model.encoder.config,
+        train_tokens=run_info.train_tokens or 0,
+        train_rows=len(setup.data.splits["train"]),
+        epochs=len(seconds),
+        train_seconds=sum(seconds),
+        trainable_params=sum(int(t.numel()) for t in loop.trainable().values()),
+        precision=loop.precision,
+        device=loop.device,
+        world_size=loop.world_size,
+    )
 
 
 def _result(

@@ -1,0 +1,62 @@
+"""Throughput accounting (issue 14): tokens, tokens/s and model-FLOPs utilisation in run.json and show."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+from battery_harness import lorakit
+
+from lorakit.testing import synthetic_frame, tiny_overrides
+from lorakit.training import throughput
+
+MINILM = types.SimpleNamespace(num_hidden_layers=6, hidden_size=384, intermediate_size=1536)
+
+
+def test_flops_per_token_from_the_shapes():
+    # all-MiniLM-L6-v2: 6 x 2 x (4 h^2 + 2 h i) = 21.2 MFLOP of projections, plus attention over the length
+    assert throughput.forward_flops_per_token(MINILM, 0) == pytest.approx(21.23e6, rel=1e-3)
+    assert throughput.forward_flops_per_token(MINILM, 40) == pytest.approx(
+        21.23e6 + 6 * 4 * 40 * 384, rel=1e-3
+    )
+    # training: forward + input gradients, and weight gradients for the trainable weights only
+    train = throughput.train_flops_per_token(MINILM, 40, trainable_params=100_000)
+    assert train == pytest.approx(2 * throughput.forward_flops_per_token(MINILM, 40) + 200_000)
+
+
+def test_the_matmul_peak_is_measured_once_and_cached(tmp_path: Path, monkeypatch):
+    import torch
+
+    cache = tmp_path / "peak.json"
+    monkeypatch.setenv(throughput.PEAK_CACHE_ENV, str(cache))
+    first = throughput.matmul_peak(torch.device("cpu"), "fp32")
+    assert first > 1e8  # any CPU this runs on does more than 0.1 GFLOP/s
+    ((key, value),) = json.loads(cache.read_text(encoding="utf-8")).items()
+    assert value == first and "|fp32|" in key and "threads" in key
+    cache.write_text(json.dumps({key: 123.0}), encoding="utf-8")
+    assert throughput.matmul_peak(torch.device("cpu"), "fp32") == 123.0  # read back, not measured again
+
+
+def test_a_run_records_its_throughput_and_show_prints_it(tmp_path: Path, tiny_bert: Path, monkeypatch):
+    monkeypatch.setenv(throughput.PEAK_CACHE_ENV, str(tmp_path / "peak.json"))
+    synthetic_frame(60, seed=3, tasks=1).to_csv(tmp_path / "train.csv", index=False)
+    labels = ["低风险", "中风险", "高风险"]
+    (tmp_path / "labels.json").write_text(json.dumps({x: i for i, x in enumerate(labels)}), encoding="utf-8")
+    (tmp_path / "exp.toml").write_text(
+        'exp_id = "exp"\n[data]\nraw_data_path = "train.csv"\nglobal_label_map = "labels.json"\n'
+        f'label_subset = {json.dumps(labels)}\n[model]\narch = "x"\n',
+        encoding="utf-8",
+    )
+    sets = [f"--set={o}" for o in tiny_overrides(tiny_bert, tmp_path / "cache", epochs=1)]
+    out = tmp_path / "outputs"
+    assert lorakit("train", str(tmp_path / "exp.toml"), *sets, "--outputs", str(out), cwd=tmp_path).code == 0
+    run = json.loads((out / "exp" / "run.json").read_text(encoding="utf-8"))
+    t = run["throughput"]
+    assert t["tokens_processed"] == run["train_tokens"]  # one epoch
+    assert t["tokens_per_s"] > 0 and 0 < t["mfu"] < 1 and t["matmul_peak_flops"] > 0
+    shown = lorakit("show", "exp", "--outputs", str(out))
+    assert shown.code == 0, shown.err
+    (line,) = [x for x in shown.out.splitlines() if x.strip().startswith("throughput")]
+    assert "tokens/s over" in line and "MFU" in line and "GFLOP/s (fp32 matmul peak)" in line
