@@ -145,3 +145,23 @@ def expect_warning(result: Outcome, expected: str, code: int = 0) -> None:
 def case(*values: object, id: str) -> object:
     """``pytest.param`` with a readable id (the battery's cases are listed by id)."""
     return pytest.param(*values, id=id)
+
+
+def tiny_experiment(root: Path, tiny_bert: Path, *, epochs: int = 1) -> list[str]:
+    """Write a one-task experiment ``exp`` (``exp.toml``, 60 synthetic rows, a label map) into ``root`` and
+    return the ``--set`` options that run it on the tiny model: ``lorakit("train", root/"exp.toml", *sets)``."""
+    import json
+
+    from lorakit.testing import synthetic_frame, tiny_overrides
+
+    synthetic_frame(60, seed=3, tasks=1).to_csv(root / "train.csv", index=False)
+    labels = ["低风险", "中风险", "高风险"]
+    (root / "labels.json").write_text(
+        json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8"
+    )
+    (root / "exp.toml").write_text(
+        'exp_id = "exp"\n[data]\nraw_data_path = "train.csv"\nglobal_label_map = "labels.json"\n'
+        f'label_subset = {json.dumps(labels, ensure_ascii=False)}\n[model]\narch = "x"\n',
+        encoding="utf-8",
+    )
+    return [f"--set={o}" for o in tiny_overrides(tiny_bert, root / "cache", epochs=epochs)]

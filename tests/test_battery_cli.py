@@ -12,9 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from battery_harness import case, expect_error, expect_warning, lorakit, snapshot
-
-from lorakit.testing import synthetic_frame, tiny_overrides
+from battery_harness import case, expect_error, expect_warning, lorakit, snapshot, tiny_experiment
 
 # ---- usage: one line, `lorakit: <command>: <problem> (see --help)`, exit 2 ------------------------------
 
@@ -208,18 +206,7 @@ def test_a_raising_device_probe_is_a_warning(tmp_path: Path):
 
 @pytest.fixture
 def world(tmp_path: Path, tiny_bert: Path):
-    synthetic_frame(60, seed=3, tasks=1).to_csv(tmp_path / "train.csv", index=False)
-    labels = ["低风险", "中风险", "高风险"]
-    (tmp_path / "labels.json").write_text(
-        json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8"
-    )
-    overrides = "\n".join(tiny_overrides(tiny_bert, tmp_path / "cache", epochs=1))
-    (tmp_path / "exp.toml").write_text(
-        'exp_id = "exp"\n[data]\nraw_data_path = "train.csv"\nglobal_label_map = "labels.json"\n'
-        f'label_subset = {json.dumps(labels, ensure_ascii=False)}\n[model]\narch = "x"\n',
-        encoding="utf-8",
-    )
-    sets = [f"--set={line}" for line in overrides.splitlines()]
+    sets = tiny_experiment(tmp_path, tiny_bert)
     out = tmp_path / "outputs"
     keep = out / "keep_me"
     keep.mkdir(parents=True)
@@ -326,15 +313,7 @@ def test_faults_of_the_machine_are_one_line(world, make):
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """One tiny experiment trained in this process, for the cases that need a real one."""
     root = tmp_path_factory.mktemp("trained")
-    synthetic_frame(60, seed=3, tasks=1).to_csv(root / "train.csv", index=False)
-    labels = ["低风险", "中风险", "高风险"]
-    (root / "labels.json").write_text(json.dumps({x: i for i, x in enumerate(labels)}), encoding="utf-8")
-    (root / "exp.toml").write_text(
-        'exp_id = "exp"\n[data]\nraw_data_path = "train.csv"\nglobal_label_map = "labels.json"\n'
-        f'label_subset = {json.dumps(labels)}\n[model]\narch = "x"\n',
-        encoding="utf-8",
-    )
-    sets = [f"--set={o}" for o in tiny_overrides(tiny_bert, root / "cache", epochs=1)]
+    sets = tiny_experiment(root, tiny_bert)
     result = lorakit("train", str(root / "exp.toml"), *sets, "--outputs", str(root / "outputs"), cwd=root)
     assert result.code == 0, result
     (root / "texts.csv").write_text("text\n你好\n今天\n", encoding="utf-8")

@@ -77,7 +77,11 @@ def test_registering_the_wrong_spec_type_leaves_the_plugin_out(
     reports: list[str] = []
     lorakit_pm.report = reports.append
     assert "x" not in getattr(Plugins(lorakit_pm), kind)()
-    assert len(reports) == 1 and reports[0].startswith('Error loading plugin "ext"') and f"as {kind}" in reports[0]
+    assert (
+        len(reports) == 1
+        and reports[0].startswith('Error loading plugin "ext"')
+        and f"as {kind}" in reports[0]
+    )
     assert not lorakit_pm.has_plugin("ext")
 
 

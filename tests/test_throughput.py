@@ -7,9 +7,8 @@ import types
 from pathlib import Path
 
 import pytest
-from battery_harness import lorakit
+from battery_harness import lorakit, tiny_experiment
 
-from lorakit.testing import synthetic_frame, tiny_overrides
 from lorakit.training import throughput
 
 MINILM = types.SimpleNamespace(num_hidden_layers=6, hidden_size=384, intermediate_size=1536)
@@ -41,15 +40,7 @@ def test_the_matmul_peak_is_measured_once_and_cached(tmp_path: Path, monkeypatch
 
 def test_a_run_records_its_throughput_and_show_prints_it(tmp_path: Path, tiny_bert: Path, monkeypatch):
     monkeypatch.setenv(throughput.PEAK_CACHE_ENV, str(tmp_path / "peak.json"))
-    synthetic_frame(60, seed=3, tasks=1).to_csv(tmp_path / "train.csv", index=False)
-    labels = ["低风险", "中风险", "高风险"]
-    (tmp_path / "labels.json").write_text(json.dumps({x: i for i, x in enumerate(labels)}), encoding="utf-8")
-    (tmp_path / "exp.toml").write_text(
-        'exp_id = "exp"\n[data]\nraw_data_path = "train.csv"\nglobal_label_map = "labels.json"\n'
-        f'label_subset = {json.dumps(labels)}\n[model]\narch = "x"\n',
-        encoding="utf-8",
-    )
-    sets = [f"--set={o}" for o in tiny_overrides(tiny_bert, tmp_path / "cache", epochs=1)]
+    sets = tiny_experiment(tmp_path, tiny_bert)
     out = tmp_path / "outputs"
     assert lorakit("train", str(tmp_path / "exp.toml"), *sets, "--outputs", str(out), cwd=tmp_path).code == 0
     run = json.loads((out / "exp" / "run.json").read_text(encoding="utf-8"))
