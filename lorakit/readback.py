@@ -70,6 +70,21 @@ def _short(text: str) -> str:
 # ---- bytes and text -----------------------------------------------------------------------------------
 
 
+def not_regular(mode: int) -> str | None:
+    """What a path of stat ``mode`` is when it is not a regular file ("a FIFO", "a directory", ...), else
+    None. Checked before opening: opening a FIFO for reading blocks until some writer comes."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
 def check_file(path: str | Path) -> os.stat_result:
     """``path``'s stat when it is a regular file; :class:`MissingFile` or :class:`NotAFile` otherwise.
 
@@ -81,11 +96,9 @@ def check_file(path: str | Path) -> os.stat_result:
         raise MissingFile(path) from None
     except NotADirectoryError:  # a file stands where a folder on the way should be
         raise MissingFile(path) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise NotAFile(path, "a directory, not a file")
-    if not stat.S_ISREG(info.st_mode):
-        what = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket or device"
-        raise NotAFile(path, f"{what}, not a file")
+    kind = not_regular(info.st_mode)
+    if kind is not None:
+        raise NotAFile(path, f"{kind}, not a file")
     return info
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import DataError
 from lorakit.hookspecs import hookimpl
+from lorakit.readback import not_regular
 from lorakit.specs import DataSourceSpec, ReadOptions
 
 if TYPE_CHECKING:
@@ -36,10 +36,9 @@ def _no_rows(path: str | Path) -> DataError:
 
 def _read_bytes(path: str | Path) -> bytes:
     try:
-        kind = stat.S_IFMT(os.stat(path).st_mode)
-        if kind not in (stat.S_IFREG, stat.S_IFDIR):  # a FIFO would block for ever (a folder fails below)
-            name = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(kind, "a device")
-            raise DataError(f"{path}: not a regular file ({name})")
+        kind = not_regular(os.stat(path).st_mode)
+        if kind not in (None, "a directory"):  # a FIFO would block for ever (a folder fails below)
+            raise DataError(f"{path}: not a regular file ({kind})")
         return Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {_one_line(exc.strerror or exc)}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
+from ..readback import not_regular
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,17 +140,8 @@ def file_kind_problem(path: str | Path) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
-    if stat.S_ISREG(mode):
-        return None
-    kinds = {
-        stat.S_ISDIR: "a directory",
-        stat.S_ISFIFO: "a FIFO",
-        stat.S_ISSOCK: "a socket",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-    }
-    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
-    return f"not a regular file ({kind})"
+    kind = not_regular(mode)
+    return f"not a regular file ({kind})" if kind else None
 
 
 def _toml_text(path: Path, referrer: str | None) -> str:
