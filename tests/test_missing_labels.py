@@ -4,7 +4,6 @@ labelled rows; a label of the subset without rows is a warning."""
 
 from __future__ import annotations
 
-import functools
 import json
 import warnings
 from pathlib import Path
@@ -12,35 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_data_prepare import ADOPT, RISK, SUBSET, make_config, prepare
 
 from lorakit import Experiment
 from lorakit.config import load_config
-from lorakit.data import fingerprint_inputs, fingerprint_key, prepare_data
+from lorakit.data import fingerprint_inputs, fingerprint_key
 from lorakit.data.labels import MASKED, LabelWarning, encode_labels
 from lorakit.errors import DataError
 from lorakit.testing import synthetic_frame
-
-RISK = ["低风险", "中风险", "高风险"]
-ADOPT = ["采纳", "不采纳"]
-SUBSET = {"risk_level": RISK, "is_adopt": ADOPT}
-
-
-@functools.cache
-def _tokenizer(path: str):
-    import transformers
-
-    return transformers.AutoTokenizer.from_pretrained(path)
-
-
-def make_config(tmp_path: Path, bert: Path, **data):
-    base = {"raw_data_path": "train.csv", "cache_dir": "cache", "label_subset": SUBSET}
-    merged = {k: v for k, v in {**base, **data}.items() if v is not None}
-    cfg, _ = load_config({"exp_id": "m", "data": merged, "model": {"arch": str(bert)}}, cwd=tmp_path)
-    return cfg
-
-
-def prepare(cfg):
-    return prepare_data(cfg, tokenizer_loader=lambda: _tokenizer(cfg.model.arch))
 
 
 def holes(n: int = 40, seed: int = 0) -> pd.DataFrame:
