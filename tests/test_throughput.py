@@ -51,3 +51,19 @@ def test_a_run_records_its_throughput_and_show_prints_it(tmp_path: Path, tiny_be
     assert shown.code == 0, shown.err
     (line,) = [x for x in shown.out.splitlines() if x.strip().startswith("throughput")]
     assert "tokens/s over" in line and "MFU" in line and "GFLOP/s (fp32 matmul peak)" in line
+
+
+def test_the_peak_is_measured_with_the_op_the_layers_run():
+    """A bf16 torch.mm on a CPU without native bf16 is ~20x slower than a bf16 linear: a peak measured with
+    it put a bf16 run's MFU above 100%. The peak must be at least what a layer-shaped linear achieves."""
+    import time
+
+    import torch
+
+    x, w = torch.randn(720, 384).bfloat16(), torch.randn(1536, 384).bfloat16()
+    torch.nn.functional.linear(x, w)
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.nn.functional.linear(x, w)
+    layer_rate = 5 * 2 * 720 * 384 * 1536 / (time.perf_counter() - start)
+    assert throughput.measure_peak(torch.device("cpu"), "bf16", seconds=0.3) > 0.5 * layer_rate

@@ -57,7 +57,10 @@ def _machine_key(device: Any, precision: str) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         name = _cpu_model() or platform.processor() or "cpu"
-    return f"{name}|{device.type if device is not None else 'cpu'}|{precision}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    device_type = device.type if device is not None else "cpu"
+    threads = torch.get_num_threads()
+    # "linear": the op measured (a key without it was measured with torch.mm, too low for bf16 on a CPU)
+    return f"{name}|{device_type}|{precision}|linear|torch {torch.__version__}|{threads} threads"
 
 
 def _cpu_model() -> str | None:
@@ -72,7 +75,11 @@ def _cpu_model() -> str | None:
 
 
 def measure_peak(device: Any, precision: str, *, seconds: float = 0.5) -> float:
-    """The best matmul FLOP/s of this device in ``precision`` (fp32 | bf16 | fp16), measured now."""
+    """The best matmul FLOP/s of this device in ``precision`` (fp32 | bf16 | fp16), measured now.
+
+    Measured with ``F.linear``, the op the encoder's layers run: on a CPU without native bf16, a bf16
+    ``torch.mm`` takes a path some 20 times slower than a bf16 ``linear``, and a peak measured with it
+    would put the MFU of a bf16 run above 100%."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -82,14 +89,15 @@ def measure_peak(device: Any, precision: str, *, seconds: float = 0.5) -> float:
     b = torch.randn(n, n, device=device).to(dtype)
     best = 0.0
     deadline = time.perf_counter() + seconds
+    linear = torch.nn.functional.linear
     with torch.inference_mode():
-        torch.mm(a, b)  # warm up (kernels, caches)
+        linear(a, b)  # warm up (kernels, caches)
         while True:
             if cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             for _ in range(4 if cuda else 1):
-                torch.mm(a, b)
+                linear(a, b)
             if cuda:
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
