@@ -106,6 +106,18 @@ class TuningMethodSpec:
     Linear layers as ``(name, in_features, out_features)`` and the result is the number of parameters the
     method adds (``options`` as for ``apply``). ``rank_option`` names the option that is the method's rank
     (what runs of the same config are compared on for memory), or None.
+
+    ``library`` says who saves and loads the method's weights. ``"peft"`` (the default): ``apply`` returns a
+    peft model, and the experiment folder's ``lora_adapter/`` is that model's ``save_pretrained``. Any other
+    value: ``apply`` adds the method's own modules to the model in place (its parameters trainable, no other
+    parameter's ``requires_grad`` changed) and returns it; ``state_dict(model)`` gives the method's weights
+    (names stable from one ``apply`` to the next) and ``load_state_dict(model, state)`` puts them back into a
+    model the method was applied to; the core writes them as ``lora_adapter/<name>.safetensors``.
+    ``select_layers(model, options)``, if given, names (full dotted names) the Linear layers the method
+    adapts, for the memory estimate and the method's own ``apply``, instead of the backbone's targets.
+
+    One experiment may combine methods (``model.method = ["lora", "bottleneck"]``): at most one from
+    peft, which is applied first; the others follow in the order the config lists them.
     """
 
     name: str
@@ -115,6 +127,21 @@ class TuningMethodSpec:
     module_lists: tuple[str, ...] = ("target_modules",)
     rank_option: str | None = None
     description: str = ""
+    library: str = "peft"
+    state_dict: Callable[..., Any] | None = None
+    load_state_dict: Callable[..., Any] | None = None
+    select_layers: Callable[..., list[str]] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.uses_peft and (self.state_dict is None or self.load_state_dict is None):
+            raise ValueError(
+                f"tuning method {self.name!r} ({self.library}) needs state_dict and load_state_dict: "
+                "lorakit saves and loads the weights of methods that peft does not"
+            )
+
+    @property
+    def uses_peft(self) -> bool:
+        return self.library == "peft"
 
 
 @attrs.define(kw_only=True, frozen=True)

@@ -237,7 +237,9 @@ def test_target_modules_must_name_layers_of_the_model(tiny_bert: Path, builtin_p
     cfg, _ = load_config(
         config(model={"arch": str(tiny_bert)}), ["model.lora.target_modules=['attention.self.query']"]
     )
-    assert plan_model(cfg, counts, builtin_plugins, encoder).target_modules == ["attention.self.query"]
+    assert plan_model(cfg, counts, builtin_plugins, encoder).parts[0].target_modules == [
+        "attention.self.query"
+    ]
 
 
 def test_a_task_whose_data_has_one_label_is_refused(tmp_path: Path, tiny_bert: Path):

@@ -57,8 +57,18 @@ def _loss_weight(value: Any, _type: Any) -> Any:
     raise TypeError('expected a list of numbers, a table {task = weight} or "uncertainty"')
 
 
+def _method_names(value: Any, _type: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if len(set(value)) < len(value):
+            raise TypeError(f"names a method twice: {value}")
+        return value[0] if len(value) == 1 else list(value)
+    raise TypeError('expected a method name or a non-empty list of names, e.g. ["lora", "bottleneck"]')
+
+
 def _make_converter() -> cattrs.Converter:
-    from .schema import HeadConfig, LabelSubset, LossWeight, ModelConfig
+    from .schema import HeadConfig, LabelSubset, LossWeight, MethodNames, ModelConfig
 
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict(int, "an integer"))
@@ -67,6 +77,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict(bool, "true or false"))
     conv.register_structure_hook(LabelSubset, _label_subset)
     conv.register_structure_hook(LossWeight, _loss_weight)
+    conv.register_structure_hook(MethodNames, _method_names)
     conv.register_structure_hook(Any, lambda v, _t: v)
     conv.register_unstructure_hook(ModelConfig, _model_unstructurer(conv, ModelConfig))
     conv.register_unstructure_hook(HeadConfig, _drop_empty_options(conv, HeadConfig))

@@ -29,6 +29,8 @@ MISSING_LABELS = ("error", "drop", "mask")
 
 LabelSubset = Union[list[str], dict[str, list[str]], None]
 LossWeight = Union[list[float], dict[str, float], str, None]
+#: ``model.method``: one tuning method, or several combined in one model (a one-name list reads as the name)
+MethodNames = Union[str, list[str]]
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
@@ -112,8 +114,9 @@ class ModelConfig:
     backbone: str | None = _doc(
         "force a backbone plugin (default: resolved from the model type)", default=None
     )
-    method: str = _doc(
-        "tuning method plugin: lora | dora | ia3 | ...; its options are the [model.<method>] table",
+    method: MethodNames = _doc(
+        "tuning method plugin: lora | dora | ia3 | ..., or a list of them combined in one model "
+        '(["lora", "bottleneck"]: at most one from peft); each one\'s options are its [model.<method>] table',
         default="lora",
     )
     head: str = _doc("head plugin for every task", default="linear")
@@ -150,9 +153,19 @@ class ModelConfig:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
+    def methods(self) -> list[str]:
+        """``model.method`` as a list: the tuning methods of the model, in the config's order."""
+        return [self.method] if isinstance(self.method, str) else list(self.method)
+
+    @property
+    def method_name(self) -> str:
+        """One name for the combination (``lora+bottleneck``), as run.json, ``ls`` and ``compare`` show it."""
+        return "+".join(self.methods)
+
+    @property
     def method_options(self) -> Any:
-        """The options of ``model.method`` (None where its plugin has no options class and no table)."""
-        return self.tuning.get(self.method)
+        """The options of the (first) tuning method (None where its plugin has no options class and no table)."""
+        return self.tuning.get(self.methods[0])
 
 
 @attrs.define(kw_only=True, frozen=True)

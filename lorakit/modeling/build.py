@@ -72,15 +72,51 @@ def build_classifier(plan: ModelPlan, encoder: Any, plugins: Plugins, seed: int)
     from .model import MultiTaskClassifier
 
     torch.manual_seed(seed)
-    try:
-        with quiet_peft():
-            adapted = plan.method_spec.apply(encoder, plan.target_modules, plan.method_options)
-    except ValueError as exc:  # peft's refusal of an option or a layer: the config's to fix, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError([f"model.{plan.method}: {plan.method} cannot adapt this model: {first}"]) from None
+    adapted = apply_methods(plan, encoder)
     hidden = encoder.config.hidden_size
     heads = [t.head_spec.build(hidden, t.num_labels, dict(t.head_options)) for t in plan.tasks]
     return MultiTaskClassifier(adapted, heads, [t.name for t in plan.tasks], plan.pooling)
+
+
+def apply_methods(plan: ModelPlan, encoder: Any) -> Any:
+    """The encoder adapted by each tuning method of the plan: frozen first, then the peft method (it wraps
+    the model), then the others in the config's order, each adding its own trainable modules."""
+    encoder.requires_grad_(False)
+    adapted = encoder
+    for part in plan.applied_order():
+        try:
+            with quiet_peft():
+                adapted = part.spec.apply(adapted, part.target_modules, part.options)
+        except ValueError as exc:  # a refusal of an option or a layer: the config's to fix, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError([f"model.{part.name}: {part.name} cannot adapt this model: {first}"]) from None
+    return adapted
+
+
+def tuning_record(plan: ModelPlan, classifier: Any) -> list[dict[str, Any]]:
+    """Each tuning method of the built model, in the config's order: its options, targets and the
+    trainable parameters it added (what run.json's ``tuning`` and ``lorakit show`` give)."""
+    encoder = classifier.encoder
+    counts = {p.name: method_size(p, encoder) for p in plan.parts if not p.spec.uses_peft}
+    peft = plan.peft_part
+    if peft is not None:
+        trainable = sum(int(p.numel()) for p in encoder.parameters() if p.requires_grad)
+        counts[peft.name] = trainable - sum(counts.values())
+    return [
+        {
+            "method": p.name,
+            "options": p.options,
+            "target_modules": p.target_modules,
+            "trainable_params": counts[p.name],
+        }
+        for p in plan.parts
+    ]
+
+
+def method_size(part: Any, model: Any) -> int:
+    """The number of weights a method that peft does not handle keeps in ``model``."""
+    state: dict[str, Any] = part.spec.state_dict(model)
+    return sum(int(v.numel()) for v in state.values())
 
 
 def build_losses(cfg: ExperimentConfig, plan: ModelPlan, plugins: Plugins) -> Any:

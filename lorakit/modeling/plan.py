@@ -36,29 +36,57 @@ class TaskPlan:
 
 
 @attrs.define(kw_only=True)
-class ModelPlan:
-    """Everything needed to rebuild the same model for training or prediction (saved as heads.json).
+class MethodPart:
+    """One tuning method of the model: its spec, its options and the modules it adapts.
 
     ``target_modules`` is None until detected where neither the config nor the backbone names them.
     """
 
+    name: str
+    spec: TuningMethodSpec
+    options: dict[str, Any]
+    target_modules: list[str] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.options, "target_modules": self.target_modules}
+
+
+@attrs.define(kw_only=True)
+class ModelPlan:
+    """Everything needed to rebuild the same model for training or prediction (saved as heads.json).
+
+    ``parts``: the tuning methods in the config's order (one, or a combination)."""
+
     arch: str
     backbone: str
-    method: str
-    method_spec: TuningMethodSpec
-    method_options: dict[str, Any]
-    target_modules: list[str] | None
+    parts: list[MethodPart]
     pooling: str
     tasks: list[TaskPlan]
     backbone_spec: BackboneSpec | None = None
 
+    @property
+    def method(self) -> str:
+        """The combination's one name: ``lora``, ``lora+bottleneck``."""
+        return "+".join(p.name for p in self.parts)
+
+    def applied_order(self) -> list[MethodPart]:
+        """The order the methods are applied in: the peft one first (it wraps the model), then the rest."""
+        return sorted(self.parts, key=lambda p: not p.spec.uses_peft)
+
+    @property
+    def peft_part(self) -> MethodPart | None:
+        return next((p for p in self.parts if p.spec.uses_peft), None)
+
     def to_json(self) -> dict[str, Any]:
+        first = self.parts[0]
         return {
             "arch": self.arch,
             "backbone": self.backbone,
+            # the first method's keys as before combinations existed (older readers); "methods" holds all
             "method": self.method,
-            "method_options": self.method_options,
-            "target_modules": self.target_modules,
+            "method_options": first.options,
+            "target_modules": first.target_modules,
+            "methods": [p.to_json() for p in self.parts],
             "pooling": self.pooling,
             "tasks": [
                 {
@@ -166,46 +194,71 @@ def plan_model(
     ``check_names=False`` (the memory estimate) checks only what the model's shape depends on: backbone,
     method and heads; losses, LR schedule and metrics are the run's to refuse."""
     backbone = resolve_backbone(cfg, plugins, hf_config)
-    method = lookup(plugins.tuning_methods(), cfg.model.method, "model.method")
+    parts = _method_parts(cfg, plugins, backbone)
     if check_names:
         lookup(plugins.lr_schedulers(), cfg.train.lr_scheduler, "train.lr_scheduler")
         for metric in cfg.train.metrics:
             lookup(plugins.metrics(), metric, "train.metrics")
-    options = as_options(cfg.model.method_options)
-    targets = options.pop("target_modules", None) or (
-        list(backbone.target_modules) if backbone.target_modules else None
-    )
     tasks = [_task_plan(cfg, t, label_counts[t], plugins, check_names) for t in cfg.task_columns]
     return ModelPlan(
         arch=cfg.model.arch,
         backbone=backbone.name,
-        method=cfg.model.method,
-        method_spec=method,
-        method_options=options,
-        target_modules=None if targets is None else list(targets),
+        parts=parts,
         pooling=cfg.model.pooling or backbone.pooling,
         tasks=tasks,
         backbone_spec=backbone,
     )
 
 
+def _method_parts(cfg: ExperimentConfig, plugins: Plugins, backbone: BackboneSpec) -> list[MethodPart]:
+    """Each method of ``model.method`` with its options and targets; a combination that cannot work
+    together (two peft methods, a method that cannot save its own weights) is a config error."""
+    parts = []
+    for name in cfg.model.methods:
+        spec = lookup(plugins.tuning_methods(), name, "model.method")
+        options = as_options(cfg.model.tuning.get(name))
+        targets = options.pop("target_modules", None)
+        if not targets and spec.select_layers is None and backbone.target_modules:
+            targets = list(backbone.target_modules)
+        parts.append(
+            MethodPart(
+                name=name, spec=spec, options=options, target_modules=None if not targets else list(targets)
+            )
+        )
+    if len(parts) > 1:
+        peft = [p.name for p in parts if p.spec.uses_peft]
+        if len(peft) > 1:
+            raise ConfigError(
+                [
+                    f"model.method: {' and '.join(peft)} are both peft methods; a combination holds at most "
+                    "one (add another kind, such as bottleneck from lorakit-adapters)"
+                ]
+            )
+    return parts
+
+
 def option_module_lists(cfg: ExperimentConfig, plan: ModelPlan) -> dict[str, list[str]]:
-    """The module names the method's options give (``model.<method>.<option>`` → names), to check
+    """The module names the methods' options give (``model.<method>.<option>`` → names), to check
     against the model before training."""
-    given = as_options(cfg.model.method_options)
     lists = {}
-    for option in plan.method_spec.module_lists:
-        names = given.get(option)
-        if names:
-            lists[f"model.{plan.method}.{option}"] = list(names)
+    for part in plan.parts:
+        given = as_options(cfg.model.tuning.get(part.name))
+        for option in part.spec.module_lists:
+            names = given.get(option)
+            if names:
+                lists[f"model.{part.name}.{option}"] = list(names)
     return lists
 
 
 def with_detected_targets(plan: ModelPlan, encoder: Any) -> ModelPlan:
-    """``plan`` with the encoder's attention projections as targets where nobody named any (this one
-    step needs the model: a real one for training, a meta-device one for the estimate)."""
-    if plan.target_modules is not None:
-        return plan
+    """``plan`` with the encoder's attention projections as targets of each method where nobody named
+    any (this one step needs the model: a real one for training, a meta-device one for the estimate)."""
     from .targets import detect_attention_modules
 
-    return attrs.evolve(plan, target_modules=detect_attention_modules(encoder, plan.method))
+    parts = [
+        p
+        if p.target_modules is not None or p.spec.select_layers is not None
+        else attrs.evolve(p, target_modules=detect_attention_modules(encoder, p.name))
+        for p in plan.parts
+    ]
+    return attrs.evolve(plan, parts=parts)

@@ -74,6 +74,9 @@ RUN_CHECK = rb.fields(
         "peak_memory_mb": rb.optional(rb.NUMBER),
         "peak_reserved_mb": rb.optional(rb.NUMBER),
         "data_stats": rb.optional(rb.OBJECT),
+        "tuning": rb.optional(
+            rb.list_of(rb.fields({"method": rb.STRING, "trainable_params": rb.INTEGER}, required=("method",)))
+        ),
     },
     required=("status",),
 )
@@ -133,6 +136,18 @@ HEADS_CHECK = rb.fields(
         "labels": rb.dict_of(rb.fields({"labels": _LABELS}, required=("labels",))),
         "max_len": rb.optional(rb.INTEGER),
         "text_column": _TEXT,
+        "method": rb.STRING,
+        # the tuning methods of the model (older folders have only "method" and its options)
+        "methods": rb.list_of(
+            rb.fields(
+                {
+                    "name": rb.STRING,
+                    "options": rb.OBJECT,
+                    "target_modules": rb.optional(rb.list_of(rb.STRING)),
+                },
+                required=("name", "options"),
+            )
+        ),
     },
     required=("arch", "backbone", "pooling", "tasks", "labels"),
 )
@@ -216,6 +231,10 @@ class RunLayout:
     @property
     def adapter_weights(self) -> Path:
         return self.adapter_dir / "adapter_model.safetensors"
+
+    def method_weights(self, method: str) -> Path:
+        """The weights of a tuning method that peft does not save (``lora_adapter/<method>.safetensors``)."""
+        return self.adapter_dir / f"{method}.safetensors"
 
     def has_experiment_files(self) -> bool:
         """Does the folder hold a file the trainer writes only after run.json (env_info.json,

@@ -36,6 +36,7 @@ _STARTED = [
     "data_fingerprint",
     "data_stats",
     "train_tokens",
+    "tuning",
 ]
 
 
@@ -72,6 +73,8 @@ class RunInfo:
     data_fingerprint: str | None = None
     data_stats: dict[str, Any] | None = None
     train_tokens: int | None = None  # of one epoch, padding excluded
+    # each tuning method in the config's order: method, options, target_modules, trainable_params
+    tuning: list[dict[str, Any]] | None = None
     # set once the loop is built, and at the end of training
     world_size: int | None = None
     tf32: bool | None = None

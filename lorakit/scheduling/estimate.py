@@ -133,7 +133,7 @@ def calibration_key(cfg: ExperimentConfig) -> CalibrationKey:
         batch_size=cfg.train.batch_size,
         max_len=cfg.data.max_len,
         rank=None if rank is None else int(rank),
-        method=cfg.model.method,
+        method=cfg.model.method_name,
         precision=job_precision(cfg.train.mixed_precision),
         world_size=max(1, cfg.resources.gpus),
         heads=len(cfg.task_columns),
@@ -263,7 +263,7 @@ def formula_estimate(cfg: ExperimentConfig, plugins: Plugins) -> MemoryEstimate:
     halved = f" × {HALF_PRECISION_ACTIVATIONS:g} ({precision} autocast)" if half else ""
     details = {
         "frozen_weights": f"{counts['params']:,} params × {WEIGHT_BYTES} bytes ({weights})",
-        "trainable": f"{counts['trainable']:,} LoRA + head params × {TRAINABLE_BYTES} bytes "
+        "trainable": f"{counts['trainable']:,} {_trainable_parts(counts)} params × {TRAINABLE_BYTES} bytes "
         "(fp32 weights, grads, AdamW m and v)",
         "activations": f"batch {batch} × max_len {max_len} × hidden {hidden} × {layers} layers × "
         f"{counts['activation_factor']:g} bytes{halved} ({counts['backbone']})",
@@ -301,9 +301,13 @@ def count_parameters(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Any]:
     params = sum(p.numel() for p in encoder.parameters())
     hidden = int(hf_config.hidden_size)
     assert plan.backbone_spec is not None
+    methods = method_parameters(plan, encoder)
+    heads = sum(_head_params(t, hidden) for t in plan.tasks)
     return {
         "params": params,
-        "trainable": _adapter_params(plan, encoder) + sum(_head_params(t, hidden) for t in plan.tasks),
+        "trainable": sum(methods.values()) + heads,
+        "methods": methods,
+        "heads": heads,
         "hidden": hidden,
         "layers": int(getattr(hf_config, "num_hidden_layers", 12)),
         "activation_factor": plan.backbone_spec.activation_factor,
@@ -311,20 +315,41 @@ def count_parameters(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Any]:
     }
 
 
-def _adapter_params(plan: ModelPlan, encoder: Any) -> int:
-    """What the tuning method adds to the Linear layers it targets (as peft matches names)."""
+def _trainable_parts(counts: dict[str, Any]) -> str:
+    """``LoRA + head`` for the default method as before; a combination's parts with their counts."""
+    methods = counts.get("methods") or {}
+    if list(methods) == [DEFAULT_METHOD]:
+        return "LoRA + head"
+    parts = [f"{name} {n:,}" for name, n in methods.items()] + [f"heads {counts.get('heads', 0):,}"]
+    return f"trainable ({' + '.join(parts)})"
+
+
+def method_parameters(plan: ModelPlan, encoder: Any) -> dict[str, int]:
+    """Each tuning method's added parameters: its own ``trainable_parameters`` over the Linear layers it
+    targets (as peft matches names, or as the method's ``select_layers`` names them)."""
     import torch
 
     from ..modeling.plan import with_detected_targets
 
-    targets = with_detected_targets(plan, encoder).target_modules or []
-    layers = [
-        (name, module.in_features, module.out_features)
+    linears = {
+        name: (name, module.in_features, module.out_features)
         for name, module in encoder.named_modules()
-        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith(f".{t}") for t in targets)
-    ]
-    count = plan.method_spec.trainable_parameters
-    return int(count(layers, plan.method_options)) if count is not None else 0
+        if isinstance(module, torch.nn.Linear)
+    }
+    counts = {}
+    for part in with_detected_targets(plan, encoder).parts:
+        if part.spec.select_layers is not None:
+            chosen = [linears[n] for n in part.spec.select_layers(encoder, part.options) if n in linears]
+        else:
+            targets = part.target_modules or []
+            chosen = [
+                layer
+                for name, layer in linears.items()
+                if any(name == t or name.endswith(f".{t}") for t in targets)
+            ]
+        count = part.spec.trainable_parameters
+        counts[part.name] = int(count(chosen, part.options)) if count is not None else 0
+    return counts
 
 
 def _head_params(task: TaskPlan, hidden: int) -> int:

@@ -371,7 +371,7 @@ def _build_loop(
             "max_len": cfg.data.max_len,
             "text_column": cfg.data.text_column,
         }
-        save_artifacts(layout, model, setup.plan.to_json(), extra)
+        save_artifacts(layout, model, setup.plan, extra)
 
     return TrainingLoop(
         cfg,
@@ -528,7 +528,7 @@ def _open_folder(
     if resuming:
         run_info = layout.read_run()
     else:
-        run_info = _initial_run_info(cfg, config_path, setup.data, setup.plan, setup.fingerprints)
+        run_info = _initial_run_info(cfg, config_path, setup)
         _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
         write_json_atomic(layout.label_map, setup.data.label_map.to_json())
     run_info.update(status="running", error=None, end_time=None)
@@ -570,10 +570,15 @@ def _plugin_versions(plugins: Plugins) -> dict[str, str]:
     }
 
 
-def _initial_run_info(
-    cfg: ExperimentConfig, config_path: str | None, data: Any, plan: Any, fps: dict
-) -> RunInfo:
+def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, setup: _Setup) -> RunInfo:
     from ..config.render import short_source
+    from ..modeling.build import tuning_record
+
+    data, plan, fps = setup.data, setup.plan, setup.fingerprints
+    tuning = tuning_record(plan, setup.classifier)
+    heads = sum(int(p.numel()) for p in setup.classifier.heads.parameters() if p.requires_grad)
+    # a combination's parts, each by name, so that runs can be filtered and compared on them
+    parts = {f"{t['method']}_params": t["trainable_params"] for t in tuning} if len(tuning) > 1 else {}
 
     return RunInfo(
         exp_id=cfg.exp_id,
@@ -588,7 +593,9 @@ def _initial_run_info(
         key_params={
             "model": cfg.model.arch,
             "backbone": plan.backbone,
-            "method": cfg.model.method,
+            "method": plan.method,
+            "trainable_params": sum(t["trainable_params"] for t in tuning) + heads,
+            **parts,
             "lora_rank": cfg.model.lora.rank,
             "lora_alpha": cfg.model.lora.alpha,
             # the tuning method's own rank (dora's, say), when its options table has one
@@ -610,11 +617,12 @@ def _initial_run_info(
         data_stats=data.stats,
         # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
         train_tokens=int(data.splits["train"].lengths().sum()),
+        tuning=tuning,
     )
 
 
 def _method_rank(cfg: ExperimentConfig) -> int | None:
-    rank = getattr(getattr(cfg.model, cfg.model.method, None), "rank", None)
+    rank = getattr(cfg.model.method_options, "rank", None)
     return int(rank) if isinstance(rank, int) else None
 
 
@@ -676,7 +684,8 @@ class ReloadMismatch(RuntimeError):
 
 
 def _verify_reload(layout: RunLayout, loop: Any, data: Any) -> None:
-    """Load the saved adapter with plain peft *beside* the trained one (no second encoder), run both in
+    """Load the saved weights *beside* the trained ones (no second encoder: peft's adapter as a second
+    adapter, other methods' weights swapped in), run both in
     the run's own autocast on the same rows, and compare the logits with a tolerance fitted to the dtype."""
     import numpy as np
     import torch
@@ -695,7 +704,7 @@ def _verify_reload(layout: RunLayout, loop: Any, data: Any) -> None:
     tolerance = RELOAD_TOLERANCE[loop.precision]
     with torch.no_grad(), loop.autocast():
         trained = [t.float() for t in model(ids, mask)]
-        with saved_adapter_active(model, layout):
+        with saved_adapter_active(model, layout, loop.plan.parts):
             reloaded = [t.float() for t in model(ids, mask)]
     worst = max(float((a - b).abs().max()) for a, b in zip(trained, reloaded, strict=True))
     if not all(
@@ -706,8 +715,9 @@ def _verify_reload(layout: RunLayout, loop: Any, data: Any) -> None:
             f"(largest logit difference {worst:.3g}, tolerance {tolerance:g} in {loop.precision})"
         )
     log.info(
-        "reloaded %s with plain peft: logits match (largest difference %.2g, %s)",
+        "reloaded %s (%s) beside the trained model: logits match (largest difference %.2g, %s)",
         layout.adapter_dir,
+        loop.plan.method,
         worst,
         loop.precision,
     )
