@@ -84,8 +84,15 @@ def test_an_inline_plugins_option_errors_read_like_the_cores(tmp_path: Path, tab
     assert any(line.endswith(expected.format(file=path)) for line in result.err_lines), result.err
 
 
-def test_without_the_plugin_its_table_is_an_unknown_key(tmp_path: Path):
+def test_without_the_plugin_its_method_is_unknown_and_a_stray_table_an_unknown_key(tmp_path: Path):
+    # the config names the method: the missing plugin is the news, not its table
     result = lorakit("config", "show", str(_config(tmp_path, "factor = 2.5")))
+    assert result.code == 2, result
+    assert "model.method: unknown tuning method 'scaled'" in result.err and "unknown key" not in result.err
+    # a table of a method the config does not use, nobody registers: a typo, an unknown key
+    path = _config(tmp_path, "factor = 2.5")
+    path.write_text(path.read_text(encoding="utf-8").replace('method = "scaled"', 'method = "lora"'), "utf-8")
+    result = lorakit("config", "show", str(path))
     assert result.code == 2 and "model.scaled: unknown key" in result.err, result
 
 

@@ -236,3 +236,62 @@ def test_a_loss_that_does_not_fit_its_head_is_a_config_error(
     (line,) = info.value.lines()
     assert line.startswith("model.heads.risk_level: head 'linear' and loss 'coral' do not fit together")
     assert not (tmp_path / "outputs" / "exp_v7_ordinal").exists()
+
+
+# ---- lorakit-adapters --------------------------------------------------------------------------------
+
+
+def test_lora_plus_bottleneck_trains_reloads_and_predicts(tiny_bert, tmp_path, lorakit_plugins_factory):
+    # The package's own tests (installed, through the CLI) cover both placements, resume and the refusals;
+    # this one keeps the core's combination path (two libraries, one folder) in the main suite.
+    lorakit_plugins_factory(plugin_module("lorakit-adapters"))
+    outputs = tmp_path / "outputs"
+    overrides = [*small(tiny_bert, tmp_path), "model.bottleneck.placement='houlsby'"]
+    result = Experiment(REPO / "configs" / "exp_v8_lora_adapter.toml", overrides, outputs=outputs).run(
+        echo=False
+    )
+    adapter = result.output_dir / "lora_adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "bottleneck.safetensors").is_file()
+    meta = heads_json(result.output_dir)
+    assert [m["name"] for m in meta["methods"]] == ["lora", "bottleneck"] and meta[
+        "method"
+    ] == "lora+bottleneck"
+    run = json.loads((result.output_dir / "run.json").read_text(encoding="utf-8"))
+    assert [t["method"] for t in run["tuning"]] == ["lora", "bottleneck"]
+    params = run["key_params"]
+    assert params["trainable_params"] > params["lora_params"] + params["bottleneck_params"] > 0
+    assert "logits match (largest difference 0" in (result.output_dir / "train.log").read_text(
+        encoding="utf-8"
+    )
+    rows = Experiment.load("exp_v8_lora_adapter", outputs=outputs).predict(["该客户信用记录良好。"])
+    assert sum(rows[0]["risk_level"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_adapter_config_without_the_plugin_names_the_package(cli, tmp_path):
+    # lorakit-adapters is not installed in this venv: its table is no unknown key, its method is the news
+    proc = cli(
+        "train", str(REPO / "configs" / "exp_v8_lora_adapter.toml"), "--outputs", str(tmp_path / "out")
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "model.method: unknown tuning method 'bottleneck'" in lines[0]
+    assert "pip install lorakit-adapters" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_method_outside_peft_must_say_how_its_weights_are_saved(lorakit_pm):
+    from lorakit.hookspecs import hookimpl
+    from lorakit.specs import TuningMethodSpec
+
+    class Unsaveable:
+        @hookimpl
+        def lorakit_register_tuning_methods(self, register):
+            register(TuningMethodSpec(name="mine", apply=lambda m, t, o: m, library="mylib"))
+
+    load_builtins(lorakit_pm)
+    lorakit_pm.register_plugin(Unsaveable(), "unsaveable")
+    plugins = Plugins(lorakit_pm)
+    assert "mine" not in plugins.tuning_methods() and "lora" in plugins.tuning_methods()
+    (failure,) = [f for f in lorakit_pm.failures if f.name == "unsaveable"]
+    assert "needs state_dict and load_state_dict" in failure.reason

@@ -10,4 +10,5 @@ KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
     ("task_heads", "ordinal"): "lorakit-ordinal",
     ("losses", "coral"): "lorakit-ordinal",
     ("executors", "ray"): "lorakit[ray]",
+    ("tuning_methods", "bottleneck"): "lorakit-adapters",
 }

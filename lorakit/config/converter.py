@@ -62,7 +62,8 @@ def _method_names(value: Any, _type: Any) -> Any:
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
         if len(set(value)) < len(value):
-            raise TypeError(f"names a method twice: {value}")
+            twice = next(v for v in value if value.count(v) > 1)
+            raise TypeError(f"expected each method once; {value} names {twice} twice")
         return value[0] if len(value) == 1 else list(value)
     raise TypeError('expected a method name or a non-empty list of names, e.g. ["lora", "bottleneck"]')
 

@@ -283,11 +283,15 @@ def _structure_parts(
 
     model = data.get("model")
     reserved = {f.name for f in attrs.fields(ModelConfig)}
-    names = set(plugins.tuning_methods()) - reserved
+    registry = plugins.tuning_methods()
+    names = set(registry) - reserved
+    found: list[tuple[str, str]] = []
+    # a method the config names but no plugin registers: its table is no unknown key, the method is the news
+    missing = [n for n in _named_methods(model) if n not in registry and n not in reserved]
+    found += [("model.method", registry.unknown_message(n)) for n in missing]
     core_data = dict(data)
     if isinstance(model, Mapping):
-        core_data["model"] = {k: v for k, v in model.items() if k not in names}
-    found: list[tuple[str, str]] = []
+        core_data["model"] = {k: v for k, v in model.items() if k not in names and k not in missing}
     unknown_keys(core_data, ExperimentConfig, "", found)
     tables, table_problems = structure_tuning_tables(
         model if isinstance(model, Mapping) else {}, reserved, plugins
@@ -300,6 +304,16 @@ def _structure_parts(
         found.extend(cattrs_problems(exc))
     found += [p for p in table_problems if "unknown key" not in p[1]]
     return config, tables, found
+
+
+def _named_methods(model: Any) -> list[str]:
+    """The method names a raw ``[model]`` table gives (as written; the converter checks the shape)."""
+    method = model.get("method") if isinstance(model, Mapping) else None
+    if isinstance(method, str):
+        return [method]
+    if isinstance(method, list):
+        return [m for m in method if isinstance(m, str)]
+    return []
 
 
 def load_config(

@@ -107,6 +107,7 @@ def summary_fields(run: RunInfo, metrics: Mapping[str, Any]) -> list[tuple[str, 
         ("ended", run.end_time),
         ("task_type", run.task_type),
         ("best", best_line(run, metrics)),
+        ("tuning", tuning_line(run)),
         ("throughput", throughput_line(run)),
         ("base_config", run.base_config),
         ("config_path", run.config_path),
@@ -116,6 +117,21 @@ def summary_fields(run: RunInfo, metrics: Mapping[str, Any]) -> list[tuple[str, 
         fields.append((f"task {task}", ", ".join(map(str, labels))))
     fields += [(f"note {i + 1}", note) for i, note in enumerate(run.notes or [])]
     return fields
+
+
+def tuning_line(run: RunInfo) -> str | None:
+    """``lora (rank 8, alpha 16, ...) 36,864 params + bottleneck (placement pfeiffer, ...) 18,816 params``."""
+    parts = []
+    for part in run.tuning or []:
+        if not isinstance(part, Mapping):
+            continue
+        given = part.get("options")
+        options: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        shown = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        count = part.get("trainable_params")
+        params = f" {count:,} params" if isinstance(count, int) else ""
+        parts.append(f"{part.get('method')}{f' ({shown})' if shown else ''}{params}")
+    return " + ".join(parts) or None
 
 
 def throughput_line(run: RunInfo) -> str | None:

@@ -338,7 +338,7 @@ def method_parameters(plan: ModelPlan, encoder: Any) -> dict[str, int]:
     }
     counts = {}
     for part in with_detected_targets(plan, encoder).parts:
-        if part.spec.select_layers is not None:
+        if part.spec.select_layers is not None and not part.target_modules:
             chosen = [linears[n] for n in part.spec.select_layers(encoder, part.options) if n in linears]
         else:
             targets = part.target_modules or []
