@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "lorakit.commands.sched:cancel",
     "scheduler": "lorakit.commands.sched:scheduler",
     "run-parallel": "lorakit.commands.sched:run_parallel",
+    "serve": "lorakit.commands.serve:serve",
 }
 
 

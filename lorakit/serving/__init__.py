@@ -1,0 +1,1 @@
+"""lorakit serve: many experiments on one base model over HTTP (Starlette on uvicorn, the serve extra)."""
