@@ -213,10 +213,13 @@ class ModelPool:
                 rows = [i for i, n in enumerate(names) if n == name]
                 base.encoder.set_adapter(name)
                 hidden[rows] = _hidden(base.encoder(input_ids=input_ids[rows], attention_mask=mask[rows]))
-        out = []
-        for i, s in enumerate(served):
-            pooled = pool(hidden[i : i + 1], mask[i : i + 1], s.classifier.pooling)
-            out.append(_answer(s, [s.classifier.heads[f"t{t}"](pooled) for t in range(len(s.tasks))]))
+        out: list[dict[str, Any]] = [{} for _ in served]
+        for experiment in dict.fromkeys(served):  # each experiment's heads once, over all its rows
+            rows = [i for i, s in enumerate(served) if s is experiment]
+            pooled = pool(hidden[rows], mask[rows], experiment.classifier.pooling)
+            logits = [experiment.classifier.heads[f"t{t}"](pooled) for t in range(len(experiment.tasks))]
+            for i, answer in zip(rows, _answers(experiment, logits), strict=True):
+                out[i] = answer
         return out
 
 
@@ -225,26 +228,38 @@ def _hidden(output: Any) -> Any:
 
 
 def _tokenize(tokenizer: Any, rows: Sequence[tuple[Served, str]]) -> list[list[int]]:
-    """Token ids per row, each truncated at its experiment's max_len (no padding: batches pad themselves)."""
-    out: list[list[int]] = []
-    for served, text in rows:
-        out.append(tokenizer(text, truncation=True, max_length=served.max_len)["input_ids"])
+    """Token ids per row, each truncated at its experiment's max_len (no padding: batches pad themselves);
+    one tokenizer call per experiment."""
+    out: list[list[int]] = [[] for _ in rows]
+    for served in dict.fromkeys(s for s, _ in rows):
+        index = [i for i, (s, _) in enumerate(rows) if s is served]
+        ids = tokenizer([rows[i][1] for i in index], truncation=True, max_length=served.max_len)["input_ids"]
+        for i, row in zip(index, ids, strict=True):
+            out[i] = list(row)
     return out
 
 
-def _answer(served: Served, logits: list[Any]) -> dict[str, Any]:
-    """Per task: the label and each label's probability (what ``Experiment.load(...).predict`` gives)."""
+def _answers(served: Served, logits: list[Any]) -> list[dict[str, Any]]:
+    """Per row, per task: the label and each label's probability (what ``Experiment.load(...).predict``
+    gives)."""
     from ..modeling.artifacts import probabilities
 
-    answer = {}
-    for t, task in enumerate(served.tasks):
-        p = probabilities(logits[t].float(), served.probability_fns[t])[0].cpu().tolist()
-        labels = served.labels[task]
-        answer[task] = {
-            "label": labels[max(range(len(p)), key=p.__getitem__)],
-            "probabilities": {label: float(v) for label, v in zip(labels, p, strict=False)},
-        }
-    return answer
+    per_task = [
+        probabilities(lg.float(), fn).cpu().tolist()
+        for lg, fn in zip(logits, served.probability_fns, strict=True)
+    ]
+    answers = []
+    for row in range(len(per_task[0]) if per_task else 0):
+        answer = {}
+        for t, task in enumerate(served.tasks):
+            p = per_task[t][row]
+            labels = served.labels[task]
+            answer[task] = {
+                "label": labels[max(range(len(p)), key=p.__getitem__)],
+                "probabilities": {label: float(v) for label, v in zip(labels, p, strict=False)},
+            }
+        answers.append(answer)
+    return answers
 
 
 def _info(served: Served, meta: dict[str, Any], run: Any, best: Any) -> dict[str, Any]:
