@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "scheduler": "lorakit.commands.sched:scheduler",
     "run-parallel": "lorakit.commands.sched:run_parallel",
     "serve": "lorakit.commands.serve:serve",
+    "env": "lorakit.commands.env:env",
 }
 
 

@@ -117,6 +117,7 @@ ENV_CHECK = rb.fields(
         "plugins": rb.optional(rb.OBJECT),
         "device": _TEXT,
         "git_commit": _TEXT,
+        "hardware": rb.optional(rb.OBJECT),
         "peak_memory_mb": rb.optional(rb.NUMBER),
         "peak_reserved_mb": rb.optional(rb.NUMBER),
     }
@@ -210,6 +211,11 @@ class RunLayout:
     @property
     def env_info(self) -> Path:
         return self.root / "env_info.json"
+
+    @property
+    def requirements_lock(self) -> Path:
+        """Every installed distribution at the run's start, ``pip install -r`` ready (``lorakit env diff``)."""
+        return self.root / "requirements.lock"
 
     @property
     def run_info(self) -> Path:

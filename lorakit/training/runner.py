@@ -400,7 +400,11 @@ def _record_start(
         tf32=loop.tf32,
     )
     layout.write_run(run_info)
-    write_json_atomic(layout.env_info, env_info(loop.device, _plugin_versions(plugins)))
+    from ..runs.environment import hardware, installed, lock_text
+
+    facts = hardware()
+    write_json_atomic(layout.env_info, env_info(loop.device, _plugin_versions(plugins), {"hardware": facts}))
+    write_text_atomic(layout.requirements_lock, lock_text(installed(), facts))
     _sync_index(layout)
     plugins.on_run_start(exp_id=cfg.exp_id, config=to_dict(cfg), output_dir=str(layout.root))
 
