@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "run-parallel": "lorakit.commands.sched:run_parallel",
     "serve": "lorakit.commands.serve:serve",
     "env": "lorakit.commands.env:env",
+    "reproduce": "lorakit.commands.reproduce:reproduce",
 }
 
 

@@ -56,3 +56,25 @@ def label_map_file(tmp_path: Path) -> Path:
         json.dumps({label: i for i, label in enumerate(labels)}, ensure_ascii=False), encoding="utf-8"
     )
     return path
+
+
+def train_tiny_in_subprocess(root: Path, tiny_bert: Path, exp_id: str, *, epochs: int = 1) -> Path:
+    """Train a tiny single-label experiment with the real ``lorakit train`` in a process of its own (as
+    users train: this test process's sys.path may hold the plugin packages' source folders, which
+    importlib.metadata would list as installed); returns the outputs folder."""
+    import tomli_w
+
+    from lorakit.testing import synthetic_frame
+
+    synthetic_frame(80, seed=4).to_csv(root / "train.csv", index=False)
+    config = {
+        "exp_id": exp_id,
+        "data": {"raw_data_path": str(root / "train.csv"), "cache_dir": str(root / "cache"), "max_len": 32,
+                 "label_column": "risk_level", "val_ratio": 0.25},
+        "model": {"arch": str(tiny_bert), "lora": {"rank": 4, "alpha": 8}},
+        "train": {"batch_size": 16, "epochs": epochs, "lr": 5e-3},
+    }  # fmt: skip
+    (root / f"{exp_id}.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    proc = run_cli("train", str(root / f"{exp_id}.toml"), "--outputs", str(root / "outputs"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "outputs"

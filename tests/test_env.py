@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train_tiny_in_subprocess
 
-from lorakit import Experiment
 from lorakit.runs import environment
-from lorakit.testing import synthetic_frame
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert: Path) -> Path:
-    root = tmp_path_factory.mktemp("env")
-    synthetic_frame(80, seed=2).to_csv(root / "train.csv", index=False)
-    config = {
-        "exp_id": "snap",
-        "data": {"raw_data_path": str(root / "train.csv"), "cache_dir": str(root / "cache"), "max_len": 32,
-                 "label_column": "risk_level", "val_ratio": 0.25},
-        "model": {"arch": str(tiny_bert), "lora": {"rank": 4, "alpha": 8}},
-        "train": {"batch_size": 16, "epochs": 1},
-    }  # fmt: skip
-    Experiment(config, outputs=root / "outputs").run(echo=False)
-    return root / "outputs"
+    return train_tiny_in_subprocess(tmp_path_factory.mktemp("env"), tiny_bert, "snap")
 
 
 def test_the_lock_lists_every_installed_distribution_and_the_hardware(trained: Path):
@@ -34,7 +25,10 @@ def test_the_lock_lists_every_installed_distribution_and_the_hardware(trained: P
     packages, facts = environment.parse_lock(text)
     assert packages["torch"] == importlib.metadata.version("torch")
     assert packages["lorakit"] == importlib.metadata.version("lorakit")
-    assert packages == environment.installed()  # what pip freeze would list: all of it, not nine
+    # what pip freeze would list, all of it (not nine), as a fresh process sees it
+    code = "import json; from lorakit.runs.environment import installed; print(json.dumps(installed()))"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert packages == json.loads(fresh.stdout)
     assert len(packages) > 50
     assert facts["python"] and facts["cpu"] and facts["gpus"] == "none"
     # a file pip accepts: comments and name==version lines only

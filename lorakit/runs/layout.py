@@ -74,6 +74,7 @@ RUN_CHECK = rb.fields(
         "peak_memory_mb": rb.optional(rb.NUMBER),
         "peak_reserved_mb": rb.optional(rb.NUMBER),
         "data_stats": rb.optional(rb.OBJECT),
+        "reproduces": _TEXT,
         "tuning": rb.optional(
             rb.list_of(rb.fields({"method": rb.STRING, "trainable_params": rb.INTEGER}, required=("method",)))
         ),

@@ -1,0 +1,150 @@
+"""``lorakit reproduce``: retrain an experiment from its frozen config into a new folder and compare.
+
+The data must still be what the original trained on (the recorded data fingerprint; the file that changed
+is named), the environment is compared with the original's ``requirements.lock`` (a difference is a
+warning), and each epoch's metrics are put side by side with the original's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import LorakitError
+from .runs.layout import RunLayout, exp_id_problem
+
+#: metrics that measure the machine, not the model: never compared
+NOT_COMPARED = ("epoch_seconds",)
+
+
+class DataChanged(LorakitError):
+    """The data no longer matches the original run's fingerprint."""
+
+
+@attrs.define(kw_only=True)
+class Comparison:
+    original: str
+    reproduced: str
+    rows: list[tuple[str, str, float, float | None]]  # (epoch, metric, original, reproduced)
+    tolerance: float
+    environment: list[str]
+
+    @property
+    def agrees(self) -> bool:
+        return all(new is not None and abs(new - old) <= self.tolerance for _, _, old, new in self.rows)
+
+
+def next_id(layout: RunLayout) -> str:
+    """``<exp_id>.repro<N>``, the first N whose folder does not exist."""
+    n = 1
+    while (layout.root.parent / f"{layout.exp_id}.repro{n}").exists():
+        n += 1
+    return f"{layout.exp_id}.repro{n}"
+
+
+def check_data(layout: RunLayout, cfg: Any) -> None:
+    """Refuse (naming the file) when the data's fingerprint is not the one the original run recorded."""
+    from .data.fingerprint import file_inputs, fingerprint_inputs, fingerprint_key
+    from .plugins import get_plugins
+
+    run = layout.read_run()
+    if not run.data_fingerprint or fingerprint_key(fingerprint_inputs(cfg)) == run.data_fingerprint:
+        return
+    recorded = (run.data_stats or {}).get("files") or {}
+    current = file_inputs(cfg, get_plugins())
+    changed = [
+        f"{info.get('path')} (sha256 {str(info.get('sha256'))[:12]} -> {str((current.get(role) or {}).get('sha256'))[:12]})"
+        for role, info in recorded.items()
+        if isinstance(info, dict) and (current.get(role) or {}).get("sha256") != info.get("sha256")
+    ]
+    what = ", ".join(changed) if changed else "its data files or data settings"
+    raise DataChanged(
+        f"{layout.exp_id}: the data no longer matches what it trained on: {what} changed; nothing was trained"
+    )
+
+
+def environment_lines(layout: RunLayout) -> list[str]:
+    """What differs between the original's environment and this one (empty without a lock)."""
+    from . import readback
+    from .runs import environment
+
+    if not layout.requirements_lock.is_file():
+        return []
+    return environment.diff(
+        environment.parse_lock(readback.read_text(layout.requirements_lock)), environment.current()
+    )
+
+
+def compare(original: RunLayout, reproduced: RunLayout, tolerance: float, env: list[str]) -> Comparison:
+    """Each epoch's metrics of the original against the reproduction."""
+    old, new = original.read_metrics(), reproduced.read_metrics()
+    rows = []
+    for epoch in sorted(
+        (k for k in old if k.startswith("epoch_")), key=lambda k: int(k[6:]) if k[6:].isdigit() else 0
+    ):
+        for metric, value in old[epoch].items():
+            if metric in NOT_COMPARED or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            got = (new.get(epoch) or {}).get(metric)
+            rows.append((epoch, metric, float(value), float(got) if isinstance(got, (int, float)) else None))
+    return Comparison(
+        original=original.exp_id,
+        reproduced=reproduced.exp_id,
+        rows=rows,
+        tolerance=tolerance,
+        environment=env,
+    )
+
+
+def table(result: Comparison) -> str:
+    from tabulate import tabulate
+
+    body = [
+        (epoch, metric, f"{old:.6f}", "missing" if new is None else f"{new:.6f}",
+         "" if new is None else f"{new - old:+.2e}" if not math.isclose(new, old, abs_tol=0) else "0")
+        for epoch, metric, old, new in result.rows
+    ]  # fmt: skip
+    return tabulate(body, headers=["epoch", "metric", result.original, result.reproduced, "difference"])
+
+
+def reproduce(
+    exp: str, *, as_id: str | None, outputs: str | Path | None, tolerance: float | None, echo: bool
+) -> Comparison:
+    """Retrain ``exp`` from its frozen config as ``as_id`` (default ``<exp>.repro<N>``) and compare."""
+    from .config.schema import load_config
+    from .experiment import Experiment, resolve_experiment
+
+    layout = resolve_experiment(exp, outputs)
+    if not layout.config_copy.is_file():
+        raise LorakitError(f"{layout.root}: no config_copy.toml to reproduce from")
+    new_id = as_id or next_id(layout)
+    problem = exp_id_problem(new_id)
+    if problem:
+        raise LorakitError(f"--as: {problem}")
+    if (layout.root.parent / new_id).exists():
+        raise LorakitError(f"{layout.root.parent / new_id}: already exists; choose another --as")
+    overrides = [f'exp_id="{new_id}"']
+    cfg, _ = load_config(layout.config_copy, overrides)
+    check_data(layout, cfg)
+    env = environment_lines(layout)
+    experiment = Experiment(layout.config_copy, overrides, outputs=layout.root.parent)
+    new_layout = RunLayout(layout.root.parent / new_id)
+    try:
+        experiment.run(echo=echo)
+    finally:
+        if new_layout.run_info.is_file():
+            run = new_layout.read_run()
+            run.reproduces = layout.exp_id
+            new_layout.write_run(run)
+    if tolerance is None:
+        tolerance = 0.0 if cfg.train.device in ("auto", "cpu") and not _has_cuda() else 1e-2
+    return compare(layout, new_layout, tolerance, env)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
