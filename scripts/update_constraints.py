@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lorakit.runs.environment import canonical, installed  # noqa: E402
+from lorakit.runs.environment import canonical, installed
 
 LEFT_OUT = {"pip"}
 
