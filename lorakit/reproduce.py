@@ -47,14 +47,14 @@ def next_id(layout: RunLayout) -> str:
 
 def check_data(layout: RunLayout, cfg: Any) -> None:
     """Refuse (naming the file) when the data's fingerprint is not the one the original run recorded."""
-    from .data.fingerprint import file_inputs, fingerprint_inputs, fingerprint_key
-    from .plugins import get_plugins
+    from .data.fingerprint import fingerprint_inputs, fingerprint_key
 
     run = layout.read_run()
-    if not run.data_fingerprint or fingerprint_key(fingerprint_inputs(cfg)) == run.data_fingerprint:
+    inputs = fingerprint_inputs(cfg)
+    if not run.data_fingerprint or fingerprint_key(inputs) == run.data_fingerprint:
         return
     recorded = (run.data_stats or {}).get("files") or {}
-    current = file_inputs(cfg, get_plugins())
+    current = inputs["files"]
     changed = [
         f"{info.get('path')} (sha256 {str(info.get('sha256'))[:12]} -> {str((current.get(role) or {}).get('sha256'))[:12]})"
         for role, info in recorded.items()

@@ -82,14 +82,15 @@ def _source(path: str | None, plugins: Plugins) -> dict[str, Any] | None:
     return {"sha256": sha, "bytes": size, "reader": reader}
 
 
+def source_paths(cfg: ExperimentConfig) -> dict[str, str | None]:
+    """``{"raw"|"val"|"test": path or None}``: the config's input files by role."""
+    d = cfg.data
+    return {"raw": d.raw_data_path, "val": d.val_data_path, "test": d.test_data_path}
+
+
 def file_inputs(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Any]:
     """``{"raw"|"val"|"test": {sha256, bytes, reader} or None}`` for the config's input files."""
-    d = cfg.data
-    return {
-        "raw": _source(d.raw_data_path, plugins),
-        "val": _source(d.val_data_path, plugins),
-        "test": _source(d.test_data_path, plugins),
-    }
+    return {role: _source(path, plugins) for role, path in source_paths(cfg).items()}
 
 
 def fingerprint_inputs(cfg: ExperimentConfig, plugins: Plugins | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import attrs
 from ..errors import ConfigError, DataError
 from .cache import CacheWarning, CorruptEntry, LoadedEntry, discard, entry_path, read_entry, write_entry
 from .cache import cache_root as default_cache_root
-from .fingerprint import file_inputs, fingerprint_inputs, fingerprint_key
+from .fingerprint import file_inputs, fingerprint_inputs, fingerprint_key, source_paths
 from .labels import (
     MASKED,
     LabelMap,
@@ -47,6 +47,8 @@ class PreparedData:
     cache_path: Path
     hit: bool
     stats: dict[str, Any]  # rows read, dropped, sampled, split sizes, truncated rows
+    #: each input file by role: ``{"path", "sha256"}`` (hashed once, for the cache key)
+    files: dict[str, Any] = attrs.field(factory=dict)
 
 
 def prepare_data(
@@ -71,12 +73,17 @@ def prepare_data(
     key = fingerprint_key(inputs)
     path = entry_path(root, key)
     loaded = load_verified(path, key)
+    sources = source_paths(cfg)
+    files = {
+        role: {"path": path, "sha256": (inputs["files"][role] or {}).get("sha256")}
+        for role, path in sources.items()
+        if path
+    }
     if loaded is not None:
-        prepared = from_entry(loaded, hit=True)
+        prepared = attrs.evolve(from_entry(loaded, hit=True), files=files)
         warn_about_labels(prepared, cfg)
         return prepared
     label_map, splits, stats = build_splits(cfg, plugins, tokenizer_loader)
-    sources = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
     now = file_inputs(cfg, plugins)
     changed = [sources[role] for role in now if now[role] != inputs["files"][role]]
     if changed:
@@ -93,7 +100,13 @@ def prepare_data(
     }
     final = write_entry(root, key, meta, splits)
     prepared = PreparedData(
-        label_map=label_map, splits=splits, fingerprint=key, cache_path=final, hit=False, stats=stats
+        label_map=label_map,
+        splits=splits,
+        fingerprint=key,
+        cache_path=final,
+        hit=False,
+        stats=stats,
+        files=files,
     )
     warn_about_labels(prepared, cfg)
     return prepared
@@ -167,7 +180,7 @@ def from_entry(entry: LoadedEntry, *, hit: bool) -> PreparedData:
 
 
 def _read_all(cfg: ExperimentConfig, plugins: Plugins) -> dict[str, Table]:
-    paths = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
+    paths = source_paths(cfg)
     return {role: read_table(p, cfg, plugins) for role, p in paths.items() if p is not None}
 
 

@@ -619,24 +619,11 @@ def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, setup: _Se
         config_fingerprint=fps["config"],
         data_fingerprint=fps["data"],
         # each input file's path and content hash: what `lorakit reproduce` names when the data changed
-        data_stats={**data.stats, "files": _data_files(cfg)},
+        data_stats={**data.stats, "files": data.files},
         # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
         train_tokens=int(data.splits["train"].lengths().sum()),
         tuning=tuning,
     )
-
-
-def _data_files(cfg: ExperimentConfig) -> dict[str, Any]:
-    from ..data.fingerprint import file_inputs
-    from ..plugins import get_plugins
-
-    paths = {"raw": cfg.data.raw_data_path, "val": cfg.data.val_data_path, "test": cfg.data.test_data_path}
-    hashed = file_inputs(cfg, get_plugins())
-    return {
-        role: {"path": paths[role], "sha256": (source or {}).get("sha256")}
-        for role, source in hashed.items()
-        if paths[role]
-    }
 
 
 def _method_rank(cfg: ExperimentConfig) -> int | None:
