@@ -92,13 +92,13 @@ class Predictor:
     :class:`~lorakit.errors.DamagedFile`."""
 
     def __init__(self, layout: RunLayout, plugins: Plugins, *, device: str = "cpu"):
-        from .modeling.artifacts import load_artifacts
+        from .modeling.artifacts import label_names, load_artifacts
 
         self.layout = layout
         self.model = load_artifacts(layout, plugins, device=device)
         self.device = device
         self.tasks = [t["name"] for t in self.model.heads["tasks"]]
-        self.labels = {name: list(info["labels"]) for name, info in self.model.heads["labels"].items()}
+        self.labels = label_names(self.model.heads)
         self.max_len = int(self.model.heads.get("max_len", 512))
         self.text_column = str(self.model.heads.get("text_column", "text"))
 
@@ -108,10 +108,9 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 64) -> list[dict[str, dict[str, Any]]]:
         """Per text, per task: ``{"label": str, "probabilities": {label: p}}``."""
-        import numpy as np
         import torch
 
-        from .modeling.artifacts import probabilities
+        from .modeling.artifacts import answers, probabilities
 
         tok = self.model.tokenizer
         results: list[dict[str, dict[str, Any]]] = []
@@ -125,14 +124,5 @@ class Predictor:
                 probabilities(out, fn).cpu().numpy()
                 for out, fn in zip(logits, self.model.probability_fns, strict=False)
             ]
-            for row in range(len(chunk)):
-                item = {}
-                for t, task in enumerate(self.tasks):
-                    p = probs[t][row]
-                    labels = self.labels[task]
-                    item[task] = {
-                        "label": labels[int(np.argmax(p))],
-                        "probabilities": {label: float(v) for label, v in zip(labels, p, strict=False)},
-                    }
-                results.append(item)
+            results += answers(self.tasks, self.labels, probs)
         return results

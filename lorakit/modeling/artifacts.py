@@ -92,8 +92,6 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
     import peft
     import torch
 
-    from .model import MultiTaskClassifier
-
     if not layout.adapter_dir.exists():
         raise LorakitError(f"{layout.root}: no trained model (lora_adapter/ is missing)")
     meta = layout.read_heads()
@@ -114,14 +112,7 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
         else:
             adapted = part.spec.apply(adapted, part.target_modules, part.options)
             load_method_weights(layout, part, adapted)
-    head_specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
-    hidden = encoder.config.hidden_size
-    heads = [
-        spec.build(hidden, t["num_labels"], dict(t["head_options"]))
-        for spec, t in zip(head_specs, meta["tasks"], strict=False)
-    ]
-    classifier = MultiTaskClassifier(adapted, heads, [t["name"] for t in meta["tasks"]], meta["pooling"])
-    load_heads(classifier, layout)
+    classifier, head_specs = with_saved_heads(adapted, meta, plugins, layout)
     classifier.to(torch.device(device)).eval()
     return TrainedModel(
         classifier=classifier,
@@ -129,6 +120,49 @@ def load_artifacts(layout: RunLayout, plugins: Plugins, *, device: str = "cpu") 
         heads=meta,
         probability_fns=[spec.probabilities for spec in head_specs],
     )
+
+
+def with_saved_heads(
+    encoder: Any, meta: dict[str, Any], plugins: Plugins, layout: RunLayout
+) -> tuple[Any, list[Any]]:
+    """A classifier over ``encoder`` with the heads heads.json describes, their saved weights loaded;
+    and each task's head spec."""
+    from .model import MultiTaskClassifier
+
+    specs = [plugins.task_heads().get(task["head"]) for task in meta["tasks"]]
+    hidden = encoder.config.hidden_size
+    heads = [
+        spec.build(hidden, t["num_labels"], dict(t["head_options"]))
+        for spec, t in zip(specs, meta["tasks"], strict=True)
+    ]
+    classifier = MultiTaskClassifier(encoder, heads, [t["name"] for t in meta["tasks"]], meta["pooling"])
+    load_heads(classifier, layout)
+    return classifier, specs
+
+
+def label_names(meta: dict[str, Any]) -> dict[str, list[str]]:
+    """Each task's label names in id order, from heads.json."""
+    return {name: list(info["labels"]) for name, info in meta["labels"].items()}
+
+
+def answers(
+    tasks: list[str], labels: dict[str, list[str]], probs: list[Any]
+) -> list[dict[str, dict[str, Any]]]:
+    """Per row, per task: ``{"label": str, "probabilities": {label: p}}`` from each task's
+    ``[rows, labels]`` probabilities (the shape ``predict`` and ``lorakit serve`` answer in)."""
+    rows = len(probs[0]) if probs else 0
+    out = []
+    for row in range(rows):
+        item = {}
+        for t, task in enumerate(tasks):
+            p = [float(v) for v in probs[t][row]]
+            names = labels[task]
+            item[task] = {
+                "label": names[max(range(len(p)), key=p.__getitem__)],
+                "probabilities": dict(zip(names, p, strict=False)),
+            }
+        out.append(item)
+    return out
 
 
 def check_method_files(layout: RunLayout, parts: list[Any]) -> None:

@@ -127,33 +127,24 @@ class ModelPool:
     def _with_heads(self, layout: Any, meta: dict[str, Any], base: _Base, adapter: str) -> Served:
         import torch
 
-        from ..modeling.artifacts import load_heads
-        from ..modeling.model import MultiTaskClassifier
+        from ..modeling.artifacts import label_names, with_saved_heads
 
-        specs = [self.plugins.task_heads().get(t["head"]) for t in meta["tasks"]]
-        hidden = base.encoder.config.hidden_size
-        heads = [
-            s.build(hidden, t["num_labels"], dict(t["head_options"]))
-            for s, t in zip(specs, meta["tasks"], strict=True)
-        ]
-        tasks = [t["name"] for t in meta["tasks"]]
-        classifier = MultiTaskClassifier(base.encoder, heads, tasks, meta["pooling"])
-        load_heads(classifier, layout)
+        classifier, specs = with_saved_heads(base.encoder, meta, self.plugins, layout)
         classifier.heads.to(torch.device(self.device)).eval()
         return Served(
             exp_id=layout.exp_id,
             adapter=adapter,
             base=base,
             classifier=classifier,
-            tasks=tasks,
-            labels={name: list(info["labels"]) for name, info in meta["labels"].items()},
+            tasks=list(classifier.tasks),
+            labels=label_names(meta),
             probability_fns=[s.probabilities for s in specs],
             max_len=int(meta.get("max_len") or 512),
             info={},
         )
 
     def _load_own(self, layout: Any) -> Served:
-        from ..modeling.artifacts import load_artifacts
+        from ..modeling.artifacts import label_names, load_artifacts
 
         model = load_artifacts(layout, self.plugins, device=self.device)
         meta = model.heads
@@ -164,7 +155,7 @@ class ModelPool:
             base=base,
             classifier=model.classifier,
             tasks=[t["name"] for t in meta["tasks"]],
-            labels={name: list(info["labels"]) for name, info in meta["labels"].items()},
+            labels=label_names(meta),
             probability_fns=model.probability_fns,
             max_len=int(meta.get("max_len") or 512),
             info={},
@@ -242,24 +233,13 @@ def _tokenize(tokenizer: Any, rows: Sequence[tuple[Served, str]]) -> list[list[i
 def _answers(served: Served, logits: list[Any]) -> list[dict[str, Any]]:
     """Per row, per task: the label and each label's probability (what ``Experiment.load(...).predict``
     gives)."""
-    from ..modeling.artifacts import probabilities
+    from ..modeling.artifacts import answers, probabilities
 
-    per_task = [
+    probs = [
         probabilities(lg.float(), fn).cpu().tolist()
         for lg, fn in zip(logits, served.probability_fns, strict=True)
     ]
-    answers = []
-    for row in range(len(per_task[0]) if per_task else 0):
-        answer = {}
-        for t, task in enumerate(served.tasks):
-            p = per_task[t][row]
-            labels = served.labels[task]
-            answer[task] = {
-                "label": labels[max(range(len(p)), key=p.__getitem__)],
-                "probabilities": {label: float(v) for label, v in zip(labels, p, strict=False)},
-            }
-        answers.append(answer)
-    return answers
+    return answers(served.tasks, served.labels, probs)
 
 
 def _info(served: Served, meta: dict[str, Any], run: Any, best: Any) -> dict[str, Any]:
