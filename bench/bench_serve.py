@@ -5,8 +5,9 @@ Run: .venv/bin/python bench/bench_serve.py [--requests 200] [--concurrency 1,8,3
 
 Setup: one experiment trained on the demo data (600 tweets, 1 epoch; accuracy does not matter here), and 19
 copies of it under other exp_ids (each loads as its own adapter). Then, for each concurrency level, the
-same requests (one tweet each, as a classification service mostly gets them) go to each server in turn:
-throughput (texts/s) and p50/p99 latency. Memory: the resident set of a ``lorakit serve`` process after
+same requests (one tweet each, as a classification service mostly gets them) go to each server in turn,
+``--repeats`` times interleaved (both servers stay up): the medians of throughput (texts/s) and of p50/p99
+latency. Memory: the resident set of a ``lorakit serve`` process after
 warm-up with 1 and with 20 experiments loaded, and of the naive server with its one.
 Targets (issue 16): at concurrency 32, >= 3x the naive throughput with a p99 no worse; 20 experiments
 <= 1.25x the memory of one. Results go to bench/results/serve.json.
@@ -110,6 +111,8 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
         lorakit_config(args, exp_id="serve0", cache_dir=work / "cache"), work / "serve0.toml"
     )
     outputs = work / "outputs"
+    if (outputs / "serve19" / "run.json").is_file():
+        return outputs
     run_timed(
         [sys.executable, "-m", "lorakit", "train", str(config), "--outputs", str(outputs)], work / "train.log"
     )
@@ -146,21 +149,33 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             str(port),
         ],
     }
-    results: dict[str, Any] = {"throughput": {}, "memory_mb": {}}
-    for name, command in systems.items():
-        port = free_port()
-        proc = start(command(port), port, work / f"{name}.log")
-        try:
-            url = f"http://127.0.0.1:{port}"
-            asyncio.run(load(url, texts[:32], 8, None))  # warm-up
-            results["memory_mb"][f"{name}_1"] = round(rss_mb(proc.pid), 1)
+    results: dict[str, Any] = {"throughput": {}, "memory_mb": {}, "repeats": args.repeats}
+    procs, urls = {}, {}
+    try:  # both servers up at once (an idle one costs nothing), so that repeats can interleave
+        for name, command in systems.items():
+            port = free_port()
+            procs[name] = start(command(port), port, work / f"{name}.log")
+            urls[name] = f"http://127.0.0.1:{port}"
+            asyncio.run(load(urls[name], texts[:32], 8, None))  # warm-up
+            results["memory_mb"][f"{name}_1"] = round(rss_mb(procs[name].pid), 1)
+        runs: dict[str, list[dict[str, float]]] = {}
+        for repeat in range(args.repeats):
             for level in levels:
-                results["throughput"][f"{name}@{level}"] = asyncio.run(load(url, texts, level, None))
-                print(
-                    f"  {name:<8} concurrency {level:>3}: {results['throughput'][f'{name}@{level}']}",
-                    flush=True,
-                )
-        finally:
+                for name in systems:
+                    runs.setdefault(f"{name}@{level}", []).append(
+                        asyncio.run(load(urls[name], texts, level, None))
+                    )
+                    print(
+                        f"  repeat {repeat} {name:<8} concurrency {level:>3}: {runs[f'{name}@{level}'][-1]}",
+                        flush=True,
+                    )
+        for key, measured in runs.items():
+            results["throughput"][key] = {
+                field: statistics.median(m[field] for m in measured) for field in measured[0]
+            }
+            results["throughput"][key]["all_texts_per_s"] = [m["texts_per_s"] for m in measured]
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=60)
     port = free_port()
@@ -193,10 +208,16 @@ def main() -> None:
     parser.set_defaults(max_len=128, batch_size=16, rank=16, alpha=32)
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "serve.json"))
+    parser.add_argument("--work", help="keep the trained experiments in this folder (and reuse them)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lorakit-bench-serve-") as tmp:
-        results = benchmark(args, Path(tmp))
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        results = benchmark(args, Path(args.work))
+    else:
+        with tempfile.TemporaryDirectory(prefix="lorakit-bench-serve-") as tmp:
+            results = benchmark(args, Path(tmp))
     results.update(
         benchmark="lorakit serve against a naive one-forward-per-request server",
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

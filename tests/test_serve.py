@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def served(tmp_path_factory, tiny_bert: Path):
             if proc.poll() is not None:
                 raise AssertionError(proc.stderr.read()) from None
             time.sleep(0.2)
-    yield {"url": url, "outputs": outputs, "root": root, "proc": proc}
+    yield {"url": url, "outputs": outputs, "root": root, "proc": proc, "tiny_bert": tiny_bert}
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -235,3 +236,69 @@ def test_without_the_serve_extra_the_error_names_it(tmp_path):
                           env={**os.environ, "LORAKIT_OUTPUTS": str(tmp_path)})  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "Error: lorakit serve needs the serve extra: pip install 'lorakit[serve]'"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_rows", "expected"),
+    [
+        # one short text among long ones: padding it to 60 costs less than a forward pass of its own
+        ([60, 58, 55, 50], 64, [[3, 2, 1, 0]]),  # shortest first
+        # short and long texts: two passes waste far fewer padded tokens than one
+        ([5] * 16 + [120] * 16, 64, [list(range(16)), list(range(16, 32))]),
+        # never more than max_rows rows in a pass
+        ([10] * 5, 2, [[0], [1, 2], [3, 4]]),
+        ([], 8, []),
+    ],
+)
+def test_rows_are_grouped_by_length_to_waste_few_padded_tokens(lengths, max_rows, expected):
+    from lorakit.serving.pool import length_groups
+
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups = length_groups(order, lengths, max_rows)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert all(len(group) <= max_rows for group in groups)
+    assert groups == expected
+
+
+def test_sighup_reloads_a_retrained_experiment_without_dropping_requests(served):
+    assert post(served, None, path="/v1/experiments/c/load").status_code == 200
+
+    def loaded_at() -> str:
+        listed = httpx.get(served["url"] + "/v1/experiments", headers=AUTH, timeout=30).json()
+        return next(e["loaded_at"] for e in listed["experiments"] if e["exp_id"] == "c")
+
+    before = loaded_at()
+    # c trained again with another seed: a different model in the same folder
+    Experiment(_config(served["root"], served["tiny_bert"], "c", 11), outputs=served["outputs"]).run(
+        force=True, echo=False
+    )
+    want = Experiment.load("c", outputs=served["outputs"]).predict(TEXTS)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(headers=AUTH, timeout=60) as http:
+            while not stop.is_set():
+                statuses.append(
+                    http.post(
+                        served["url"] + "/v1/predict", json={"experiment": "c", "texts": TEXTS}
+                    ).status_code
+                )
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(1.1)  # loaded_at has one-second resolution
+        served["proc"].send_signal(signal.SIGHUP)
+        deadline = time.time() + 60
+        while time.time() < deadline and loaded_at() == before:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert loaded_at() != before
+    assert statuses and set(statuses) == {200}
+    got = post(served, {"experiment": "c", "texts": TEXTS}).json()["predictions"]
+    for answer, expected in zip(got, want, strict=True):
+        for task, value in expected.items():
+            assert answer[task]["probabilities"] == pytest.approx(value["probabilities"], abs=1e-5)

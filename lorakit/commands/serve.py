@@ -118,16 +118,12 @@ def _build_server(
 
     root = outputs_root(outputs)
     index = ExperimentIndex(root)
+    pool = ModelPool(root, get_plugins(), device=_device(options["device"]))
     if load_all:
-        ids += [
-            e
-            for e, entry in sorted(index.entries().items())
-            if entry.get("status") == "completed" and e not in ids
-        ]
+        ids += [e for e in pool.completed() if e not in ids]
     active = index.active() if follow_active else None
     if active and active not in ids:
         ids.append(active)
-    pool = ModelPool(root, get_plugins(), device=_device(options["device"]))
     for exp_id in ids:
         try:
             pool.load(exp_id)
@@ -141,6 +137,7 @@ def _build_server(
         max_texts=options["max_texts"],
         max_chars=options["max_chars"],
         follow_active=follow_active,
+        load_all=load_all,
     )
     server = Server(pool, settings)
     server.active = active if follow_active else (ids[0] if len(ids) == 1 else None)

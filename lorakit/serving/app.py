@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ class ServeSettings:
     max_texts: int = 256
     max_chars: int = 10_000
     follow_active: bool = False
+    load_all: bool = False
     poll_s: float = 0.5
 
 
@@ -100,6 +102,22 @@ class Server:
 
     def _predict_rows(self, rows: list[tuple[Any, str]]) -> list[dict[str, Any]]:
         return self.pool.predict(rows, batch_rows=self.settings.max_batch_rows)
+
+    async def reload(self) -> None:
+        """SIGHUP: load every served experiment again from its folder (one retrained with ``--force`` is
+        picked up) and, under ``--all``, the experiments completed since; requests keep being answered, by the
+        old model until the new one is in. Each refusal is one line on stderr; the old one keeps serving."""
+        import click
+
+        ids = list(self.pool.served)
+        if self.settings.load_all:
+            ids += [e for e in await asyncio.to_thread(self.pool.completed) if e not in ids]
+        for exp_id in ids:
+            try:
+                await self.in_model_thread(self.pool.load, exp_id)
+            except LoadRefused as exc:
+                click.echo(f"Warning: reload: {exc}", err=True)
+        click.echo(f"reloaded {', '.join(ids) or 'nothing'}", err=True)
 
     async def follow_active(self) -> None:
         """Serve whatever ``lorakit rollback`` made active: poll the index, load the new one, then switch."""
@@ -250,6 +268,9 @@ def _lifespan(server: Server) -> Any:
     async def lifespan(app: Any) -> AsyncIterator[None]:
         server.queue = asyncio.Queue()
         tasks = [asyncio.create_task(server.batcher())]
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
+            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(loop.create_task(server.reload())))
         if server.settings.follow_active:
             tasks.append(asyncio.create_task(server.follow_active()))
         try:
