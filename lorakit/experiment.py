@@ -36,8 +36,16 @@ class Experiment:
     def output_dir(self) -> Path:
         return self.outputs / self.config.exp_id
 
-    def run(self, *, resume: bool = False, force: bool = False, echo: bool = True) -> Any:
-        """Train (or ``resume``) and return a :class:`lorakit.training.runner.RunResult`."""
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        echo: bool = True,
+        stop_after_epochs: int | None = None,
+    ) -> Any:
+        """Train (or ``resume``) and return a :class:`lorakit.training.runner.RunResult`;
+        ``stop_after_epochs=K`` ends the run after epoch K, on the full run's learning-rate schedule."""
         from .training.runner import run_experiment
 
         return run_experiment(
@@ -48,6 +56,8 @@ class Experiment:
             resume=resume,
             force=force,
             echo=echo,
+            written=self.raw.written,
+            stop_after_epochs=stop_after_epochs,
         )
 
     @classmethod

@@ -66,6 +66,22 @@ def check_data(layout: RunLayout, cfg: Any) -> None:
     )
 
 
+def model_lines(layout: RunLayout, cfg: Any) -> list[str]:
+    """A warning line when the model's files are not the ones the original trained from (run.json
+    ``references``; runs before them record no hash and are not checked)."""
+    from .config.references import content_sha256
+
+    recorded = ((layout.read_run().references or {}).get("model.arch") or {}).get("sha256")
+    if not recorded:
+        return []
+    now = content_sha256(cfg.model.arch)
+    if now == recorded:
+        return []
+    return [
+        f"model.arch {cfg.model.arch}: not the files it trained from (sha256 {recorded[:12]} -> {str(now)[:12]})"
+    ]
+
+
 def environment_lines(layout: RunLayout) -> list[str]:
     """What differs between the original's environment and this one (empty without a lock)."""
     from . import readback
@@ -78,13 +94,14 @@ def environment_lines(layout: RunLayout) -> list[str]:
     )
 
 
-def compare(original: RunLayout, reproduced: RunLayout, tolerance: float, env: list[str]) -> Comparison:
-    """Each epoch's metrics of the original against the reproduction."""
+def compare(
+    original: RunLayout, reproduced: RunLayout, tolerance: float, env: list[str], *, epochs: int | None = None
+) -> Comparison:
+    """Each epoch's metrics of the original against the reproduction (the first ``epochs`` when given)."""
     old, new = original.read_metrics(), reproduced.read_metrics()
     rows = []
-    for epoch in sorted(
-        (k for k in old if k.startswith("epoch_")), key=lambda k: int(k[6:]) if k[6:].isdigit() else 0
-    ):
+    numbered = {int(k[6:]): k for k in old if k.startswith("epoch_") and k[6:].isdigit()}
+    for epoch in [numbered[n] for n in sorted(numbered) if epochs is None or n <= epochs]:
         for metric, value in old[epoch].items():
             if metric in NOT_COMPARED or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
@@ -111,9 +128,16 @@ def table(result: Comparison) -> str:
 
 
 def reproduce(
-    exp: str, *, as_id: str | None, outputs: str | Path | None, tolerance: float | None, echo: bool
+    exp: str,
+    *,
+    as_id: str | None,
+    outputs: str | Path | None,
+    tolerance: float | None,
+    echo: bool,
+    epochs_only: int | None = None,
 ) -> Comparison:
-    """Retrain ``exp`` from its frozen config as ``as_id`` (default ``<exp>.repro<N>``) and compare."""
+    """Retrain ``exp`` from its frozen config as ``as_id`` (default ``<exp>.repro<N>``) and compare; with
+    ``epochs_only=K``, only the first K epochs (the schedule stays the full run's, so they match)."""
     from .config.schema import load_config
     from .experiment import Experiment, resolve_experiment
 
@@ -129,19 +153,21 @@ def reproduce(
     overrides = [f'exp_id="{new_id}"']
     cfg, _ = load_config(layout.config_copy, overrides)
     check_data(layout, cfg)
-    env = environment_lines(layout)
+    env = model_lines(layout, cfg) + environment_lines(layout)
     experiment = Experiment(layout.config_copy, overrides, outputs=layout.root.parent)
     new_layout = RunLayout(layout.root.parent / new_id)
     try:
-        experiment.run(echo=echo)
+        experiment.run(echo=echo, stop_after_epochs=epochs_only)
     finally:
         if new_layout.run_info.is_file():
             run = new_layout.read_run()
             run.reproduces = layout.exp_id
+            if epochs_only is not None and epochs_only < cfg.train.epochs:
+                run.notes = [*(run.notes or []), f"stopped after epoch {epochs_only} of {cfg.train.epochs}"]
             new_layout.write_run(run)
     if tolerance is None:
         tolerance = 0.0 if cfg.train.device in ("auto", "cpu") and not _has_cuda() else 1e-2
-    return compare(layout, new_layout, tolerance, env)
+    return compare(layout, new_layout, tolerance, env, epochs=epochs_only)
 
 
 def _has_cuda() -> bool:

@@ -18,8 +18,17 @@ from .browse import outputs_option
     default=None,
     help="Largest metric difference that still agrees (default: 0 on CPU, exact; 0.01 on a GPU).",
 )
+@click.option(
+    "--epochs-only",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Train and compare only the first K epochs (on the full run's learning-rate schedule).",
+)
 @outputs_option
-def reproduce(exp: str, as_id: str | None, tolerance: float | None, outputs: str | None) -> None:
+def reproduce(
+    exp: str, as_id: str | None, tolerance: float | None, epochs_only: int | None, outputs: str | None
+) -> None:
     """Retrain EXP from its config_copy.toml into a new folder and compare each epoch's metrics.
 
     Refused (exit 2, nothing written) when the data no longer matches what EXP trained on; environment
@@ -27,7 +36,7 @@ def reproduce(exp: str, as_id: str | None, tolerance: float | None, outputs: str
     from ..reproduce import reproduce as run
     from ..reproduce import table
 
-    result = run(exp, as_id=as_id, outputs=outputs, tolerance=tolerance, echo=False)
+    result = run(exp, as_id=as_id, outputs=outputs, tolerance=tolerance, echo=False, epochs_only=epochs_only)
     for line in result.environment:
         click.echo(f"warning: environment differs from {result.original}'s: {line}", err=True)
     click.echo(table(result))

@@ -49,6 +49,9 @@ class RawConfig:
     provenance: dict[str, str]
     files: list[Path]
     path: Path | None
+    # each model/data reference as written (``pkg://…``, a hub id, a relative path) and the directory it was
+    # relative to: what config_copy.toml keeps, so that the copy travels (config.references)
+    written: dict[str, tuple[str, str]] = attrs.field(factory=dict)
 
     @property
     def source_file(self) -> str:
@@ -105,7 +108,11 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _resolve_paths(data: dict[str, Any], base_dir: Path, source: str, problems: list[str]) -> None:
+def _resolve_paths(
+    data: dict[str, Any], base_dir: Path, source: str, problems: list[str]
+) -> dict[str, tuple[str, str]]:
+    """Resolve the path keys of one file's table in place; each reference as written, with ``base_dir``."""
+    written: dict[str, tuple[str, str]] = {}
     for dotted in PATH_KEYS | MAYBE_PATH_KEYS:
         parent: Any = data
         *heads, last = dotted.split(".")
@@ -114,12 +121,14 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path, source: str, problems: 
         if not isinstance(parent, dict) or not isinstance(parent.get(last), str):
             continue
         value = parent[last]
+        written[dotted] = (value, str(base_dir))
         if dotted in MAYBE_PATH_KEYS and not _looks_like_path(value, base_dir):
             continue
         try:
             parent[last] = resolve_path(value, base_dir, key=dotted, source=source)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    return written
 
 
 def _merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,35 +184,36 @@ def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
 
 
-def _load_chain(
-    path: Path, seen: list[Path], referrer: str | None
-) -> tuple[dict, dict[str, str], list[Path]]:
+def _load_chain(path: Path, seen: list[Path], referrer: str | None) -> RawConfig:
     path = path.resolve()
     if path in seen:
         cycle = " -> ".join(p.name for p in [*seen, path])
         raise ConfigError([f"base_config: cycle {cycle} ({seen[-1]})"])
     raw = _read_toml(path, referrer)
     problems: list[str] = []
-    _resolve_paths(raw, path.parent, str(path), problems)
+    written = _resolve_paths(raw, path.parent, str(path), problems)
     if problems:
         raise ConfigError(problems)
     base_ref = raw.get("base_config")
-    data: dict[str, Any] = {}
-    provenance: dict[str, str] = {}
-    files = [path]
+    base = RawConfig(data={}, provenance={}, files=[], path=path)
     if base_ref is not None:
         if not isinstance(base_ref, str):
             raise ConfigError(
                 [f"base_config: expected a path string, got {type(base_ref).__name__} ({path})"]
             )
         base_path = Path(resolve_path(base_ref, path.parent, key="base_config", source=str(path)))
-        data, provenance, base_files = _load_chain(base_path, [*seen, path], str(path))
-        files.extend(base_files)
-    data = _merge(data, raw)
+        base = _load_chain(base_path, [*seen, path], str(path))
+    provenance = dict(base.provenance)
     for key in _flatten(raw):
         provenance[key] = str(path)
     # A child's table replaces nothing by itself: provenance of inherited keys stays with the base.
-    return data, provenance, files
+    return RawConfig(
+        data=_merge(base.data, raw),
+        provenance=provenance,
+        files=[path, *base.files],
+        path=path,
+        written={**base.written, **written},
+    )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -240,7 +250,7 @@ def load_raw(
     if isinstance(source, Mapping):
         data = copy.deepcopy(dict(source))
         problems: list[str] = []
-        _resolve_paths(data, cwd, "<dict>", problems)
+        written = _resolve_paths(data, cwd, "<dict>", problems)
         if problems:
             raise ConfigError(problems)
         provenance = {key: "<dict>" for key in _flatten(data)}
@@ -248,23 +258,26 @@ def load_raw(
         base_ref = data.get("base_config")
         if isinstance(base_ref, str):
             base_path = Path(resolve_path(base_ref, cwd, key="base_config"))
-            base, base_prov, files = _load_chain(base_path, [], "<dict>")
-            data = _merge(base, data)
-            provenance = {**base_prov, **provenance}
+            base = _load_chain(base_path, [], "<dict>")
+            data = _merge(base.data, data)
+            provenance = {**base.provenance, **provenance}
+            files = base.files
+            written = {**base.written, **written}
         path = None
     else:
         path = Path(source).expanduser().resolve()
-        data, provenance, files = _load_chain(path, [], None)
+        chain = _load_chain(path, [], None)
+        data, provenance, files, written = chain.data, chain.provenance, chain.files, chain.written
     override_data: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(override_data, key, value)
     if override_data:
         problems = []
-        _resolve_paths(override_data, cwd, OVERRIDE_SOURCE, problems)
+        written = {**written, **_resolve_paths(override_data, cwd, OVERRIDE_SOURCE, problems)}
         if problems:
             raise ConfigError(problems)
         data = _merge(data, override_data)
         for key in _flatten(override_data):
             provenance[key] = OVERRIDE_SOURCE
-    return RawConfig(data=data, provenance=provenance, files=files, path=path)
+    return RawConfig(data=data, provenance=provenance, files=files, path=path, written=written)

@@ -75,6 +75,9 @@ RUN_CHECK = rb.fields(
         "peak_reserved_mb": rb.optional(rb.NUMBER),
         "data_stats": rb.optional(rb.OBJECT),
         "reproduces": _TEXT,
+        "references": rb.optional(
+            rb.dict_of(rb.fields({"written": rb.STRING, "resolved": rb.STRING}, required=("written",)))
+        ),
         "tuning": rb.optional(
             rb.list_of(rb.fields({"method": rb.STRING, "trainable_params": rb.INTEGER}, required=("method",)))
         ),

@@ -37,6 +37,7 @@ _STARTED = [
     "data_stats",
     "train_tokens",
     "tuning",
+    "references",
 ]
 
 
@@ -75,6 +76,8 @@ class RunInfo:
     train_tokens: int | None = None  # of one epoch, padding excluded
     # each tuning method in the config's order: method, options, target_modules, trainable_params
     tuning: list[dict[str, Any]] | None = None
+    # model.arch and the data paths: {key: {written, resolved, sha256}} (config.references)
+    references: dict[str, dict[str, Any]] | None = None
     # set by `lorakit reproduce` on the new run: the experiment it reproduces
     reproduces: str | None = None
     # set once the loop is built, and at the end of training

@@ -82,23 +82,41 @@ def _strip_header(text: bytes) -> bytes:
     return b"".join(lines)
 
 
-def _same_config(current: Path, copy: Path, copy_bytes: bytes) -> bool:
+def _same_config(current: Path, copy_bytes: bytes) -> bool:
     """Does ``configs/<exp_id>.toml`` still describe the experiment? Equal text, or a config (often a
-    short child of a template) that merges and validates to exactly the recorded config."""
+    short child of a template) that merges and validates to exactly the recorded config (``copy_bytes``,
+    its references already re-based to ``configs/``)."""
     current_bytes = current.read_bytes()
     if current_bytes == copy_bytes or _strip_header(current_bytes) == _strip_header(copy_bytes):
         return True
     try:
-        from ..config.render import to_toml
         from ..config.schema import load_config, to_dict
 
         cfg, _raw = load_config(current)
-        # The same round trip that wrote config_copy.toml, so None and tuples compare as written.
-        merged = tomllib.loads(to_toml(to_dict(cfg)))
-        recorded = tomllib.loads(copy_bytes.decode("utf-8"))
+        recorded, _raw = load_config(tomllib.loads(copy_bytes.decode("utf-8")), cwd=current.parent)
     except (LorakitError, OSError, ValueError):
         return False
-    return merged == recorded
+    mine, theirs = to_dict(cfg), to_dict(recorded)
+    mine.pop("base_config", None)
+    theirs.pop("base_config", None)
+    return mine == theirs
+
+
+def _copy_for(folder: Path, copy_bytes: bytes, configs_dir: Path) -> bytes:
+    """config_copy.toml as a file in ``configs_dir`` says it: relative model and data paths re-based from the
+    experiment folder (config.references); the text as it is when there are none."""
+    from ..config.references import rebase
+    from ..config.render import to_toml
+
+    try:
+        data = tomllib.loads(copy_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return copy_bytes
+    if not rebase(data, folder, configs_dir):
+        return copy_bytes
+    lines = copy_bytes.splitlines(keepends=True)
+    comments = b"".join(line for line in lines[: len(lines) - len(_strip_header(copy_bytes).splitlines())])
+    return comments + to_toml(data).encode("utf-8")
 
 
 def restore_config(exp_id: str, folder: Path, configs_dir: Path, stamp: str) -> tuple[Path, str, Path | None]:
@@ -107,7 +125,7 @@ def restore_config(exp_id: str, folder: Path, configs_dir: Path, stamp: str) -> 
     target = configs_dir / f"{exp_id}.toml"
     copy = folder / "config_copy.toml"
     try:
-        copy_bytes = copy.read_bytes()
+        copy_bytes = _copy_for(folder, copy.read_bytes(), configs_dir)
     except OSError:
         return target, "skipped", None
     header = (
@@ -116,7 +134,7 @@ def restore_config(exp_id: str, folder: Path, configs_dir: Path, stamp: str) -> 
     if not target.exists():
         write_bytes_atomic(target, header + copy_bytes)
         return target, "created", None
-    if _same_config(target, copy, copy_bytes):
+    if _same_config(target, copy_bytes):
         return target, "unchanged", None
     backup = target.with_name(f"{target.name}.bak-{stamp}")
     n = 1

@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..config.references import model_name
 from ..conventions import DEFAULT_HEADLINE, headline_or_default
 from .query import MISSING, ConfigCopies, metric_order, resolve
 from .record import RunInfo
@@ -72,7 +73,7 @@ def ls_table_row(row: Mapping[str, Any], *, common: str, best: str, extra: str |
     line = {
         "exp_id": row["exp_id"] + (" *" if row["active"] else ""),
         "task_type": row["task_type"],
-        "model": str(row["model"] or "").rstrip("/").rsplit("/", 1)[-1],
+        "model": model_name(row["model"]),
         "rank": row["rank"],
         "lr": row["lr"],
         "batch": row["batch"],

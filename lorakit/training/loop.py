@@ -160,6 +160,8 @@ class TrainingLoop:
         self.metric = headline_metric(cfg.train.save_strategy)
         self.probability_fns = [t.head_spec.probabilities for t in plan.tasks]
         self.signals = signals or SignalCatcher()
+        # end after this epoch, on the full run's schedule (``lorakit reproduce --epochs-only``)
+        self.stop_after_epochs: int | None = None
         self._setup_device(precision)
         self._setup_optimizer(classifier, combiner)
         self.train_split = data.splits["train"]
@@ -354,7 +356,8 @@ class TrainingLoop:
             if stop:
                 raise RunStopped(stop, self.state.global_step)
             # (the early-stop test comes first too: a run resumed after its early stop trains no further)
-            while self.state.epoch <= cfg.train.epochs and not self._should_stop_early():
+            last = min(cfg.train.epochs, self.stop_after_epochs or cfg.train.epochs)
+            while self.state.epoch <= last and not self._should_stop_early():
                 epoch = self.state.epoch
                 started = time.perf_counter()
                 self._train_epoch(epoch, first_bad)

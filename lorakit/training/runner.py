@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +152,12 @@ def run_experiment(
     resume: bool = False,
     force: bool = False,
     echo: bool = True,
+    written: Mapping[str, tuple[str, str]] | None = None,
+    stop_after_epochs: int | None = None,
 ) -> RunResult:
-    """Train one experiment. Stop signals are caught from the first line on: one that arrives while the
+    """Train one experiment (``written``: the config's model and data references as written, from
+    :attr:`~lorakit.config.loader.RawConfig.written`, kept by config_copy.toml; ``stop_after_epochs``: end
+    the run after that epoch, on the full run's learning-rate schedule, as ``reproduce --epochs-only`` does). Stop signals are caught from the first line on: one that arrives while the
     model loads or the data is tokenized stops the run before its first step, as preempted."""
     from .loop import SignalCatcher
 
@@ -160,7 +165,16 @@ def run_experiment(
     # one run per experiment folder (rank 0 holds it for the ranks of a distributed run)
     with signals, run_lock(cfg.exp_id, outputs) if is_main_rank() else contextlib.nullcontext():
         return _run(
-            cfg, config_path, plugins, outputs, resume=resume, force=force, echo=echo, signals=signals
+            cfg,
+            config_path,
+            plugins,
+            outputs,
+            resume=resume,
+            force=force,
+            echo=echo,
+            signals=signals,
+            written=written or {},
+            stop_after_epochs=stop_after_epochs,
         )
 
 
@@ -253,6 +267,8 @@ def _run(
     force: bool,
     echo: bool,
     signals: Any,
+    written: Mapping[str, tuple[str, str]],
+    stop_after_epochs: int | None,
 ) -> RunResult:
     layout = RunLayout.for_exp(cfg.exp_id, outputs)
     cfg_fp = config_fingerprint(cfg)
@@ -267,10 +283,20 @@ def _run(
     pinned = run.precision if run is not None else None
     run_info = RunInfo()  # rank 0's record; the other ranks write none
     if main:
-        run_info = _open_folder(layout, cfg, config_path, setup, resuming=resuming, force=force)
+        run_info = _open_folder(
+            layout, cfg, config_path, setup, resuming=resuming, force=force, written=written
+        )
     with _LogToFile(layout.train_log, echo) if main else contextlib.nullcontext():
         return _train(
-            cfg, plugins, layout, setup, run_info, resuming=resuming, precision=pinned, signals=signals
+            cfg,
+            plugins,
+            layout,
+            setup,
+            run_info,
+            resuming=resuming,
+            precision=pinned,
+            signals=signals,
+            stop_after_epochs=stop_after_epochs,
         )
 
 
@@ -284,12 +310,14 @@ def _train(
     resuming: bool,
     precision: str | None,
     signals: Any,
+    stop_after_epochs: int | None = None,
 ) -> RunResult:
     """Build the loop, train, then (rank 0) score, check and record the run; a failure is recorded."""
     main = is_main_rank()
     loop = None
     try:
         loop = _build_loop(cfg, plugins, layout, setup, precision=precision, signals=signals)
+        loop.stop_after_epochs = stop_after_epochs
         if main:
             _record_start(layout, run_info, loop, plugins, cfg)
         if resuming and not loop.resume():
@@ -522,6 +550,7 @@ def _open_folder(
     *,
     resuming: bool,
     force: bool,
+    written: Mapping[str, tuple[str, str]],
 ) -> RunInfo:
     """Create (or, with --force, replace) the experiment folder and write what is known before training."""
     if force and layout.root.exists():
@@ -532,22 +561,46 @@ def _open_folder(
     if resuming:
         run_info = layout.read_run()
     else:
-        run_info = _initial_run_info(cfg, config_path, setup)
-        _write_readonly(layout.config_copy, config_copy_text(cfg, config_path))
+        references = _references(cfg, written, setup)
+        run_info = _initial_run_info(cfg, config_path, setup, references)
+        _write_readonly(
+            layout.config_copy, config_copy_text(cfg, config_path, written, references, layout.root)
+        )
         write_json_atomic(layout.label_map, setup.data.label_map.to_json())
     run_info.update(status="running", error=None, end_time=None)
     return run_info
 
 
-def config_copy_text(cfg: ExperimentConfig, config_path: str | None) -> str:
-    """The merged config, runnable as it stands: base_config is recorded in a comment, not followed."""
+def _references(
+    cfg: ExperimentConfig, written: Mapping[str, tuple[str, str]], setup: _Setup
+) -> dict[str, dict[str, Any]]:
+    from ..config.references import reference_record
+
+    hashes = {f["path"]: f.get("sha256") for f in setup.data.files.values() if f and f.get("path")}
+    return reference_record(to_dict(cfg), written, hashes)
+
+
+def config_copy_text(
+    cfg: ExperimentConfig,
+    config_path: str | None,
+    written: Mapping[str, tuple[str, str]],
+    references: Mapping[str, Mapping[str, Any]],
+    folder: Path,
+) -> str:
+    """The merged config, runnable as it stands from ``folder``: base_config is recorded in a comment, not
+    followed; model and data references are kept as written (``config.references``), resolved and hashed
+    in the comments above them."""
+    from ..config.references import make_portable, reference_comments
+
     data = to_dict(cfg)
     base = data.pop("base_config", None)
+    make_portable(data, written, folder)
     header = [f"# Frozen copy of {config_path or 'a config dict'}, fully merged (lorakit {_version()})."]
     if base:
         header.append(
             f"# It inherited from base_config = {base!r}; every inherited value is written out below."
         )
+    header += reference_comments(references)
     return "\n".join(header) + "\n" + to_toml(data)
 
 
@@ -574,7 +627,9 @@ def _plugin_versions(plugins: Plugins) -> dict[str, str]:
     }
 
 
-def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, setup: _Setup) -> RunInfo:
+def _initial_run_info(
+    cfg: ExperimentConfig, config_path: str | None, setup: _Setup, references: dict[str, dict[str, Any]]
+) -> RunInfo:
     from ..config.render import short_source
     from ..modeling.build import tuning_record
 
@@ -595,7 +650,7 @@ def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, setup: _Se
         config_path=config_path,
         config_display=short_source(config_path) if config_path else None,
         key_params={
-            "model": cfg.model.arch,
+            "model": references.get("model.arch", {}).get("written", cfg.model.arch),
             "backbone": plan.backbone,
             "method": plan.method,
             "trainable_params": sum(t["trainable_params"] for t in tuning) + heads,
@@ -623,6 +678,7 @@ def _initial_run_info(cfg: ExperimentConfig, config_path: str | None, setup: _Se
         # tokens of one training epoch (padding excluded): with epoch_seconds, the run's throughput
         train_tokens=int(data.splits["train"].lengths().sum()),
         tuning=tuning,
+        references=references,
     )
 
 
