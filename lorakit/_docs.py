@@ -250,7 +250,7 @@ the cache commands in [Data and cache](data.md), the queue and scheduler command
 | `LORAKIT_TRACE_PLUGINS` | `1`: log every hook call, its arguments and its result on stderr |
 | `LORAKIT_PEAK_CACHE` | the file caching this machine's measured matmul peak (default `~/.cache/lorakit/peak.json`) |
 | `LORAKIT_LOAD_PLUGINS` | comma-separated allowlist of third-party plugins or distributions (lorakit's own built-ins always load) |
-| `LORAKIT_NO_PROGRESS` | set to any value to hide the per-epoch progress bar |
+| `LORAKIT_NO_PROGRESS` | set to any value to hide the training progress bar |
 """
 
 

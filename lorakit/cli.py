@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "serve": "lorakit.commands.serve:serve",
     "env": "lorakit.commands.env:env",
     "reproduce": "lorakit.commands.reproduce:reproduce",
+    "sweep": "lorakit.commands.sweep:sweep",
 }
 
 
@@ -64,7 +65,12 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorakit")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show tracebacks for errors, and every metric name in train's summary.",
+)
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Train, compare and roll back LoRA text classifiers. One config in, one experiment folder out."""

@@ -203,6 +203,17 @@ SHOW = [
         id="show-metrics.json-wrong-type",
     ),
     *(
+        case("reports.json", how, None, SAID[how], id=f"show-reports.json-{how}")
+        for how in ("truncated", "not_json")
+    ),
+    case(
+        "reports.json",
+        "wrong_type",
+        ("best", [0.9]),
+        "damaged (key 'best': expected a JSON object, got a list)",
+        id="show-reports.json-wrong-type",
+    ),
+    *(
         case("config_copy.toml", how, None, SAID[how], id=f"show-config_copy.toml-{how}")
         for how in ("empty", "not_toml", "not_utf8", "garbage", "directory")
     ),

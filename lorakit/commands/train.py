@@ -66,7 +66,8 @@ def train(
         _exit_failed(experiment, exc)
     if not result.best and distributed.in_worker():
         return  # ranks other than 0 have nothing to report
-    _echo_result(result)
+    verbose = bool((click.get_current_context().obj or {}).get("verbose"))
+    _echo_result(result, experiment.config.task_columns, verbose=verbose)
 
 
 def _exit_failed(experiment: Any, exc: Exception) -> NoReturn:
@@ -95,11 +96,15 @@ def _exit_failed(experiment: Any, exc: Exception) -> NoReturn:
     sys.exit(2 if machine else 1)
 
 
-def _echo_result(result: Any) -> None:
+def _echo_result(result: Any, tasks: list[str], *, verbose: bool = False) -> None:
+    """The best epoch's F1 and accuracy figures; a single task's each once (-v: under every name)."""
     best = result.best
     click.echo(f"{result.exp_id}: completed, best epoch {best.get('epoch')}")
+    # a single task's figures are in metrics.json as <task>_f1, f1 and avg_f1 (accuracy likewise): one name
+    same = {f"{tasks[0]}_f1", f"{tasks[0]}_accuracy", "avg_f1"} if len(tasks) == 1 and "f1" in best else set()
     for key, value in best.items():
-        if key != "epoch" and isinstance(value, float) and key.endswith(("f1", "accuracy")):
+        shown = verbose or key not in same
+        if shown and key != "epoch" and isinstance(value, float) and key.endswith(("f1", "accuracy")):
             click.echo(f"  {key:<28} {value:.4f}")
     click.echo(f"outputs: {result.output_dir}")
 

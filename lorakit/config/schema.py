@@ -205,6 +205,10 @@ class TrainConfig:
     checkpoint_every_steps: int | None = _doc("also checkpoint every N optimizer steps", default=None)
     group_by_length: bool = _doc("batch texts of similar length together (shuffled groups)", default=True)
     device: str = _doc("auto | cpu | cuda", default="auto")
+    tensorboard: bool = _doc(
+        "also write TensorBoard event files (per-epoch metrics, the test split's) to <folder>/tensorboard/",
+        default=False,
+    )
 
 
 @attrs.define(kw_only=True, frozen=True)
@@ -220,6 +224,12 @@ class ExperimentConfig:
         "experiment id; names the output folder: letters, digits and _ - . + = @ (no path), at most 128"
     )
     description: str = _doc("free text", default="")
+    sweep: str | None = _doc(
+        "the sweep this experiment is a point of, as `lorakit sweep` writes it (`compare --filter sweep=ID`); "
+        "a [sweep] table instead holds the grid `lorakit sweep` expands (grid, random, seed), which training "
+        "ignores",
+        default=None,
+    )
     base_config: str | None = _doc("parent config, relative to this file; chains of any depth", default=None)
     task_type: str | None = _doc(
         "single_cls | double_cls | multi_cls; derived from label columns", default=None
@@ -290,6 +300,8 @@ def _structure_parts(
     missing = [n for n in _named_methods(model) if n not in registry and n not in reserved]
     found += [("model.method", registry.unknown_message(n)) for n in missing]
     core_data = dict(data)
+    if isinstance(core_data.get("sweep"), Mapping):  # [sweep]: the grid of `lorakit sweep`, checked there
+        del core_data["sweep"]
     if isinstance(model, Mapping):
         core_data["model"] = {k: v for k, v in model.items() if k not in names and k not in missing}
     unknown_keys(core_data, ExperimentConfig, "", found)

@@ -172,7 +172,35 @@ def entry_from_folder(folder: str | Path) -> dict[str, Any]:
         "precision": run.precision,
         "notes": list(run.notes or []),
         "error": run.error,
+        # the test split's metrics, and per-class figures: test.avg_f1, <task>.<label>_f1, test.<task>.<label>_f1
+        **_measured(layout, metrics),
     }
+
+
+def _measured(layout: RunLayout, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``test_metrics`` (metrics.json ``test`` plus the test split's per-class figures) and
+    ``class_metrics`` (the best epoch's per-class figures), flat, keyed ``<task>.<label>_<figure>``. A
+    damaged reports.json leaves the per-class keys out, with a warning; the entry stands."""
+    try:
+        reports = layout.read_reports()
+    except DamagedFile as exc:
+        warnings.warn(f"{exc}; its per-class figures are left out of the index", IndexWarning, stacklevel=3)
+        reports = {}
+    test = metrics.get("test")
+    return {
+        "test_metrics": {**(test if isinstance(test, dict) else {}), **_per_class(reports.get("test"))},
+        "class_metrics": _per_class(reports.get("best")),
+    }
+
+
+def _per_class(report: Any) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for task, one in ((report or {}).get("tasks") or {}).items():
+        for label, figures in one["classes"].items():
+            for figure in ("f1", "precision", "recall"):
+                if isinstance(figures.get(figure), (int, float)):
+                    flat[f"{task}.{label}_{figure}"] = figures[figure]
+    return flat
 
 
 def _dumps_index(data: dict[str, Any]) -> str:

@@ -86,6 +86,18 @@ RUN_CHECK = rb.fields(
 )
 
 
+_TASK_REPORT = rb.fields(
+    {
+        "labels": rb.list_of(rb.STRING),
+        "confusion": rb.list_of(rb.list_of(rb.INTEGER)),
+        "classes": rb.dict_of(rb.OBJECT),
+    },
+    required=("labels", "confusion", "classes"),
+)
+# reports.json: {"epoch_<n>" | "best" | "test": {"epoch"?: n, "tasks": {task: report}}}
+REPORTS_CHECK = rb.dict_of(rb.fields({"tasks": rb.dict_of(_TASK_REPORT)}, required=("tasks",)))
+
+
 def _metrics_check(value: object, where: str) -> str | None:
     """metrics.json: ``epoch_<n>``, ``best`` and ``test`` are objects of metrics; ``best.epoch`` names one."""
     problem = rb.OBJECT(value, where)
@@ -213,6 +225,11 @@ class RunLayout:
         return self.root / "metrics.json"
 
     @property
+    def reports(self) -> Path:
+        """Per-class reports and confusion matrices, per epoch, for the best epoch and the test split."""
+        return self.root / "reports.json"
+
+    @property
     def env_info(self) -> Path:
         return self.root / "env_info.json"
 
@@ -291,6 +308,10 @@ class RunLayout:
         """metrics.json; ``{}`` before the first epoch has finished."""
         return rb.read_json(self.metrics, METRICS_CHECK, missing_ok=True) or {}
 
+    def read_reports(self) -> dict[str, Any]:
+        """reports.json; ``{}`` when there is none (before the first epoch, or a run from before reports)."""
+        return rb.read_json(self.reports, REPORTS_CHECK, missing_ok=True) or {}
+
     def read_env(self) -> dict[str, Any]:
         """env_info.json; ``{}`` when there is none yet."""
         return rb.read_json(self.env_info, ENV_CHECK, missing_ok=True) or {}
@@ -304,12 +325,13 @@ class RunLayout:
         return rb.read_toml(self.config_copy, CONFIG_COPY_CHECK, missing_ok=True)
 
     def check_files(self) -> None:
-        """Read and check every record file of the folder (run.json, metrics.json, env_info.json,
-        label_map.json, config_copy.toml): a resume calls this before it touches the folder, since it
+        """Read and check every record file of the folder (run.json, metrics.json, reports.json,
+        env_info.json, label_map.json, config_copy.toml): a resume calls this before it touches the folder, since it
         rewrites some of them (metrics.json at the next epoch's end) and must not bury a damaged one."""
         self.require_run()
         self.read_run()
         self.read_metrics()
+        self.read_reports()
         self.read_env()
         self.read_label_map()
         self.read_config_copy()

@@ -8,7 +8,9 @@ Keys (for ``--filter`` and ``--sort-by``) resolve in this order, the first hit w
    ``created`` as aliases;
 2. ``key_params`` fields: ``model``, ``backbone``, ``method``, ``lora_rank``, ``lora_alpha``, ``lr``,
    ``batch_size``, ``epochs``, ``max_len``, ``loss_weight``;
-3. best-epoch metrics: ``avg_f1``, ``<task>_f1``, ``<task>_accuracy``, ``accuracy``, ``f1``, ``train_loss`` …;
+3. best-epoch metrics: ``avg_f1``, ``<task>_f1``, ``<task>_accuracy``, ``accuracy``, ``f1``, ``train_loss`` …,
+   and the best epoch's per-class figures ``<task>.<label>_f1`` (``_precision``, ``_recall``);
+   the test split's as ``test.avg_f1``, ``test.<task>_f1``, ``test.<task>.<label>_f1`` …;
 4. keys of the experiment's ``config_copy.toml``, dotted (``train.lr``, ``model.lora.rank``, ``seed``),
    read from the folder only when a key is not found above. A damaged ``config_copy.toml`` leaves its
    experiment out, with a warning naming the file (:attr:`ConfigCopies.damaged`).
@@ -144,8 +146,14 @@ def n_tasks(entry: Mapping[str, Any]) -> int:
 def resolve(exp_id: str, entry: Mapping[str, Any], key: str, configs: ConfigCopies | None) -> Any:
     """The value of ``key`` for one experiment (module docstring: resolution order), or ``MISSING``."""
     key_params = entry.get("key_params") or {}
-    best = entry.get("best_metrics") or {}
-    for prefix, source in (("key_params.", key_params), ("best.", best), ("best_metrics.", best)):
+    best = {**(entry.get("best_metrics") or {}), **(entry.get("class_metrics") or {})}
+    test = entry.get("test_metrics") or {}
+    for prefix, source in (
+        ("key_params.", key_params),
+        ("best.", best),
+        ("best_metrics.", best),
+        ("test.", test),
+    ):
         if key.startswith(prefix):
             return source.get(key[len(prefix) :], MISSING)
     if key.startswith("config."):
@@ -257,6 +265,8 @@ def known_keys(entries: Mapping[str, Mapping[str, Any]], configs: ConfigCopies |
     for exp_id, entry in entries.items():
         keys.update(entry.get("key_params") or {})
         keys.update(entry.get("best_metrics") or {})
+        keys.update(entry.get("class_metrics") or {})
+        keys.update(f"test.{key}" for key in entry.get("test_metrics") or {})
         if configs is not None:
             keys.update(configs.flat(exp_id))
     return sorted(keys)
@@ -403,7 +413,10 @@ def compare_rows(
         params = [name for name in KEY_PARAM_ORDER if name in present]
         params += sorted(present - set(params))
         head = ["exp_id", "task_type", "status", "precision"]
-    columns = [*head, *params, "best_epoch", *metrics]
+    # the test split's headline figures, where any of these experiments was scored on one
+    headlines = dict.fromkeys(headline_or_default(entries[i].get("headline")) for i in ids)
+    tests = [f"test.{h}" for h in headlines if any(h in (entries[i].get("test_metrics") or {}) for i in ids)]
+    columns = [*head, *params, "best_epoch", *metrics, *tests]
     rows = []
     for exp_id in ids:
         entry = entries[exp_id]
@@ -417,6 +430,8 @@ def compare_rows(
         best = entry.get("best_metrics") or {}
         for name in metrics:
             row[name] = best.get(name)
+        for name in tests:
+            row[name] = (entry.get("test_metrics") or {}).get(name[len("test.") :])
         rows.append(row)
     return columns, rows
 

@@ -94,3 +94,37 @@ def compute_metrics(
         result["accuracy"] = result[f"{tasks[0]}_accuracy"]
         result["f1"] = result[f"{tasks[0]}_f1"]
     return result
+
+
+def class_reports(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    tasks: Sequence[str],
+    label_names: Sequence[Sequence[str]],
+) -> dict[str, dict[str, Any]]:
+    """Per task: its labels in id order, the confusion matrix (rows true, columns predicted; labelled rows
+    only, so its counts add up to the task's labelled rows) and each label's precision, recall, F1 and
+    support."""
+    from ..builtin.metrics import confusion_matrix
+
+    reports: dict[str, dict[str, Any]] = {}
+    for t, task in enumerate(tasks):
+        y_true = labels[:, t]
+        keep = y_true >= 0
+        names = [str(n) for n in label_names[t]]
+        cm = confusion_matrix(y_true[keep], probs[t][keep].argmax(-1), len(names))
+        tp = np.diag(cm).astype(np.float64)
+        predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+        classes = {}
+        for i, name in enumerate(names):
+            precision = tp[i] / predicted[i] if predicted[i] else 0.0
+            recall = tp[i] / support[i] if support[i] else 0.0
+            f1 = 2 * tp[i] / (predicted[i] + support[i]) if predicted[i] + support[i] else 0.0
+            classes[name] = {
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+                "support": int(support[i]),
+            }
+        reports[task] = {"labels": names, "confusion": cm.tolist(), "classes": classes}
+    return reports

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ from .checkpoint import (
     save_best,
     save_checkpoint,
 )
-from .evaluate import compute_metrics, predict_split
+from .console import RunProgress, on_terminal
+from .evaluate import class_reports, compute_metrics, predict_split
 
 log = logging.getLogger("lorakit.train")
 
@@ -162,6 +161,10 @@ class TrainingLoop:
         self.signals = signals or SignalCatcher()
         # end after this epoch, on the full run's schedule (``lorakit reproduce --epochs-only``)
         self.stop_after_epochs: int | None = None
+        # False (``echo=False``): the run prints nothing, so no progress bar either
+        self.echo = True
+        self.progress = RunProgress(enabled=False, logger=log, metric=self.metric, epochs=0, total=0)
+        self.last_reports: dict[str, Any] = {}  # the last evaluate()'s per-class reports
         self._setup_device(precision)
         self._setup_optimizer(classifier, combiner)
         self.train_split = data.splits["train"]
@@ -349,20 +352,23 @@ class TrainingLoop:
 
         cfg = self.cfg
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        with self.signals:
+        last = min(cfg.train.epochs, self.stop_after_epochs or cfg.train.epochs)
+        with self.signals, self._progress(last) as self.progress:
             # a signal that came during model loading, tokenization or process-group setup stops here,
             # before the first step: nothing new to checkpoint, the newest checkpoint (if any) stands
             stop = self.stop_requested(self.signals)
             if stop:
                 raise RunStopped(stop, self.state.global_step)
             # (the early-stop test comes first too: a run resumed after its early stop trains no further)
-            last = min(cfg.train.epochs, self.stop_after_epochs or cfg.train.epochs)
             while self.state.epoch <= last and not self._should_stop_early():
                 epoch = self.state.epoch
                 started = time.perf_counter()
+                self.progress.epoch(epoch)
                 self._train_epoch(epoch, first_bad)
                 self._check_finite(first_bad)
                 self._end_epoch(epoch, time.perf_counter() - started)
+                done = self.state.history[f"epoch_{epoch}"]
+                self.progress.update(loss=done.get("train_loss"), best=self.state.best_value)
                 if self._should_stop_early():
                     log.info("early stopping: no new best for %d epochs", self.state.epochs_without_best)
                     break
@@ -383,7 +389,6 @@ class TrainingLoop:
         # float64: sums of float32 losses stay exact, so a resumed run banks the same train_loss
         running = torch.zeros((), dtype=torch.float64, device=self.device)
         window_start = self.state.batch  # first batch whose loss is in `running`
-        progress = self._progress(epoch, len(batches))
         for b in range(self.state.batch, len(batches)):
             last_in_step = (b + 1) % accum == 0 or b + 1 == len(batches)
             # the epoch's last accumulation group may be short: average over its real size
@@ -398,22 +403,23 @@ class TrainingLoop:
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step_no), first_bad)
             running += loss.double()
             self.state.batch = b + 1
-            if progress is not None:
-                progress.update(1)
             if not last_in_step:
                 continue
             self._optimizer_step()
+            self.progress.step()
             if self.state.global_step % log_every == 0:
-                # the only host syncs of the epoch: every tenth of it
+                # the only host syncs of the epoch: every tenth of it (the bar shows the loss logged here)
                 self._check_finite(first_bad)
+                mean_loss = running.item() / max(b + 1 - window_start, 1)
                 log.info(
                     "epoch %d step %d/%d loss %.4f lr %.2e",
                     epoch,
                     self.state.global_step,
                     self.steps_per_epoch * cfg.train.epochs,
-                    running.item() / max(b + 1 - window_start, 1),
+                    mean_loss,
                     self.scheduler.get_last_lr()[0],
                 )
+                self.progress.update(loss=mean_loss)
             every = cfg.train.checkpoint_every_steps
             at_interval = every is not None and self.state.global_step % every == 0 and b + 1 < len(batches)
             stop = self.stop_requested(self.signals)
@@ -424,8 +430,6 @@ class TrainingLoop:
                 self.checkpoint()
             if stop:
                 raise RunStopped(stop, self.state.global_step)
-        if progress is not None:
-            progress.close()
         self._bank(running)
 
     def _forward_backward(self, index: np.ndarray, group: int) -> Any:
@@ -489,14 +493,17 @@ class TrainingLoop:
                 'check the data, or use train.mixed_precision = "no"'
             )
 
-    def _progress(self, epoch: int, total: int) -> Any:
-        if not (sys.stderr.isatty() and self.accelerator.is_main_process) or os.environ.get(
-            "LORAKIT_NO_PROGRESS"
-        ):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=self.state.batch, desc=f"epoch {epoch}", unit="batch", leave=False)
+    def _progress(self, last_epoch: int) -> RunProgress:
+        """The run's bar, through epoch ``last_epoch``: from the step the run is at (a resume) to the last."""
+        return RunProgress(
+            enabled=self.echo and self.accelerator.is_main_process and on_terminal(),
+            logger=log,
+            metric=self.metric,
+            epochs=last_epoch,
+            total=self.steps_per_epoch * last_epoch,
+            initial=self.state.global_step,
+            best=self.state.best_value,
+        )
 
     def evaluate(self, split_name: str) -> dict[str, float]:
         """Metrics of a split: each rank predicts every ``world_size``-th row, every rank gets all rows."""
@@ -515,10 +522,15 @@ class TrainingLoop:
         )
         if self.world_size > 1:
             probs = self._gather_rows(n, rows, probs)
+        tasks = [t.name for t in self.plan.tasks]
+        labels = np.asarray(split.labels)
+        # per-class figures and confusion matrices of the same predictions, for reports.json
+        names = [list(t.labels) for t in self.data.label_map.tasks]
+        self.last_reports = class_reports(probs, labels, tasks, names)
         return compute_metrics(
             probs,
-            np.asarray(split.labels),
-            [t.name for t in self.plan.tasks],
+            labels,
+            tasks,
             [t.num_labels for t in self.plan.tasks],
             self.cfg.train.metrics,
             self.plugins,
@@ -566,7 +578,7 @@ class TrainingLoop:
             if is_best:
                 save_best(self.layout.checkpoints, self.trainable())
                 self.on_best(self.accelerator.unwrap_model(self.classifier), self.state)
-            self.on_epoch(epoch, metrics, self.state)
+            self.on_epoch(epoch, metrics, self.state, self.last_reports)
         self.checkpoint()
 
     def _should_stop_early(self) -> bool:

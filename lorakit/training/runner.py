@@ -7,6 +7,7 @@ folder is touched, so a failed start leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,14 @@ from .envinfo import env_info, env_version, package_versions, peak_memory_mb
 log = logging.getLogger("lorakit.train")
 
 # Keys that do not change what is trained: a resume may differ in them.
-NON_RESULT_KEYS = ("description", "resources", "train.checkpoint_every_steps", "train.device")
+NON_RESULT_KEYS = (
+    "description",
+    "sweep",
+    "resources",
+    "train.checkpoint_every_steps",
+    "train.device",
+    "train.tensorboard",
+)
 # Keys added after runs were started, at the default that behaves as before they existed: left out of the
 # fingerprint, so upgrading lorakit does not refuse to resume a run that was going.
 ADDED_KEYS = {"data.missing_labels": "error"}
@@ -53,6 +61,32 @@ class RunResult:
 
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:
+    """What ``--resume`` compares: the config without the keys that do not change what is trained, and
+    without the option tables of tuning methods it does not use (installing a plugin that brings a table
+    must not make every run "changed")."""
+    data = _result_keys(cfg)
+    used = set(cfg.model.methods)
+    for name in [n for n in cfg.model.tuning if n not in used]:
+        data.get("model", {}).pop(name, None)
+    return _digest(data)
+
+
+def legacy_fingerprints(cfg: ExperimentConfig, plugins: Plugins) -> set[str]:
+    """The fingerprints lorakit 0.1 wrote for the same config, which kept every registered method's
+    table: with the tables registered now, and with the built-in ones alone (the run started before a
+    plugin package was installed). A run started then resumes."""
+    from ..data.fingerprint import CORE_DISTRIBUTION
+
+    data = _result_keys(cfg)
+    registry = plugins.tuning_methods()
+    core = copy.deepcopy(data)
+    for name in cfg.model.tuning:
+        if name in registry and registry.source(name).distribution != CORE_DISTRIBUTION:
+            core.get("model", {}).pop(name, None)
+    return {_digest(data), _digest(core)}
+
+
+def _result_keys(cfg: ExperimentConfig) -> dict[str, Any]:
     data = to_dict(cfg)
     for key in NON_RESULT_KEYS:
         head, _, tail = key.partition(".")
@@ -64,6 +98,10 @@ def config_fingerprint(cfg: ExperimentConfig) -> str:
         head, _, tail = key.partition(".")
         if data.get(head, {}).get(tail) == default:
             data[head].pop(tail)
+    return data
+
+
+def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -101,8 +139,11 @@ class _LogToFile:
             handler.close()
 
 
-def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -> bool:
-    """Decide what to do with an existing folder; True when a resume should load a checkpoint."""
+def check_folder(
+    layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool, legacy: Iterable[str] = ()
+) -> bool:
+    """Decide what to do with an existing folder; True when a resume should load a checkpoint (``legacy``:
+    fingerprints an earlier lorakit wrote for the same config)."""
     root = layout.root
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         kind = "a symbolic link" if root.is_symlink() else "a file"
@@ -135,7 +176,7 @@ def check_folder(layout: RunLayout, cfg_fp: str, *, resume: bool, force: bool) -
         raise ResumeError(f"{root} holds an unfinished run ({status}); use --resume to continue or --force")
     if status == "completed":
         raise ResumeError(f"{root} is already completed; nothing to resume (use --force to retrain)")
-    if info.config_fingerprint != cfg_fp:
+    if info.config_fingerprint != cfg_fp and info.config_fingerprint not in set(legacy):
         raise ResumeError(
             f"{root}: the config changed since this run started; resume refused (use --force to start over)"
         )
@@ -274,7 +315,8 @@ def _run(
     cfg_fp = config_fingerprint(cfg)
     # In a distributed run rank 0 alone checks and writes the folder.
     main = is_main_rank()
-    resuming = check_folder(layout, cfg_fp, resume=resume, force=force) if main else resume
+    legacy = legacy_fingerprints(cfg, plugins) if resume else set()
+    resuming = check_folder(layout, cfg_fp, resume=resume, force=force, legacy=legacy) if main else resume
     if resuming and main:
         _check_checkpoint(layout)
     setup = _setup(cfg, plugins, layout, cfg_fp, check=resuming and main)
@@ -297,6 +339,7 @@ def _run(
             precision=pinned,
             signals=signals,
             stop_after_epochs=stop_after_epochs,
+            echo=echo,
         )
 
 
@@ -311,6 +354,7 @@ def _train(
     precision: str | None,
     signals: Any,
     stop_after_epochs: int | None = None,
+    echo: bool = True,
 ) -> RunResult:
     """Build the loop, train, then (rank 0) score, check and record the run; a failure is recorded."""
     main = is_main_rank()
@@ -318,6 +362,7 @@ def _train(
     try:
         loop = _build_loop(cfg, plugins, layout, setup, precision=precision, signals=signals)
         loop.stop_after_epochs = stop_after_epochs
+        loop.echo = echo
         if main:
             _record_start(layout, run_info, loop, plugins, cfg)
         if resuming and not loop.resume():
@@ -383,10 +428,11 @@ def _build_loop(
 ) -> Any:
     from .loop import TrainingLoop
 
-    def on_epoch(epoch: int, metrics: dict[str, float], state: Any) -> None:
+    def on_epoch(epoch: int, metrics: dict[str, float], state: Any, reports: dict[str, Any]) -> None:
         doc: dict[str, Any] = dict(state.history)
         if state.best_epoch is not None:
             doc["best"] = {"epoch": state.best_epoch, **state.history[f"epoch_{state.best_epoch}"]}
+        _write_reports(layout, f"epoch_{epoch}", reports, best_epoch=state.best_epoch)
         write_json_atomic(layout.metrics, doc)
         _sync_index(layout)
         plugins.on_epoch_end(exp_id=cfg.exp_id, epoch=epoch, metrics=metrics)
@@ -480,9 +526,21 @@ def _after_training(layout: RunLayout, loop: Any, data: Any, *, resave: bool) ->
     metrics_doc = read_json(layout.metrics)
     if "test" in data.splits:
         metrics_doc["test"] = loop.evaluate("test")
+        _write_reports(layout, "test", loop.last_reports, best_epoch=None)
         write_json_atomic(layout.metrics, metrics_doc)
     _verify_reload(layout, loop, data)
     return metrics_doc
+
+
+def _write_reports(layout: RunLayout, key: str, reports: dict[str, Any], *, best_epoch: int | None) -> None:
+    """Add one evaluation's per-class reports to reports.json (the epochs before a resume stay), and point
+    ``best`` at the best epoch's."""
+    doc = layout.read_reports()
+    doc[key] = {"tasks": reports}
+    best = doc.get(f"epoch_{best_epoch}")
+    if best is not None:
+        doc["best"] = {"epoch": best_epoch, **best}
+    write_json_atomic(layout.reports, doc)
 
 
 def _complete(
