@@ -111,8 +111,16 @@ def test_the_frozen_config_keeps_references_as_written_and_travels_with_the_proj
     restored = (Path(moved) / "configs" / "moved.toml").read_text(encoding="utf-8")
     assert 'raw_data_path = "../data/train.csv"' in restored and 'arch = "../models/tiny_bert"' in restored
 
-    # other model files: a warning, not a refusal
+    # other model files: a warning before training, not a refusal
+    from lorakit.config.schema import load_config
+    from lorakit.reproduce import model_lines
+    from lorakit.runs.layout import RunLayout
+
+    layout = RunLayout(Path(moved) / "outputs" / "moved")
+    cfg, _ = load_config(layout.config_copy)
+    assert model_lines(layout, cfg) == []
     (Path(moved) / "models" / "tiny_bert" / "extra.txt").write_text("changed", encoding="utf-8")
-    warned = run_cli("reproduce", "moved", "--outputs", "outputs", cwd=Path(moved))
-    assert warned.returncode == 0, warned.stderr
-    assert "model.arch" in warned.stderr and "not the files it trained from (sha256 " in warned.stderr
+    (line,) = model_lines(layout, cfg)
+    assert line.startswith(
+        f"model.arch {Path(moved) / 'models' / 'tiny_bert'}: not the files it trained from"
+    )
