@@ -37,12 +37,13 @@ def plugins(session: nox.Session) -> None:
     from pathlib import Path
 
     session.install(TORCH)
-    session.install("-e", ".")
+    session.install("-e", ".", "pytest-xdist")
     for package in sorted(p.parent for p in Path("plugins").glob("*/pyproject.toml")):
         # One at a time, uninstalled afterwards: each package's tests see the core and only itself.
         session.install(f"./{package.as_posix()}[test]")
         with session.chdir(package):
-            session.run("pytest", *session.posargs)
+            # two workers: the tests mostly wait on `lorakit train` subprocesses starting up
+            session.run("pytest", "-n", "2", *session.posargs)
         session.run("pip", "uninstall", "--yes", package.name)
 
 
