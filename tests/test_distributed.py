@@ -9,6 +9,7 @@ from pathlib import Path
 from test_train import _popen_train, _wait_for_checkpoint, outputs, project  # noqa: F401  (fixture)
 
 from lorakit import Experiment
+from lorakit.testing import synthetic_frame
 
 LEARN = {"epochs": 4, "lr": 5e-2}
 
@@ -22,7 +23,13 @@ def test_two_process_ddp_matches_single_process(project, cli):  # noqa: F811
     solo = single.run(echo=False)
 
     config = project("ddp", tasks=2, batch_size=8, **LEARN)
-    result = cli("train", str(config), "--outputs", str(out), "--nproc", "2", "--set", "model.pooling=mean")
+    # a test split too: rank 0 scores it after training, alone (the other rank has finished)
+    synthetic_frame(24, seed=9, tasks=3).to_csv(config.parent / "test.csv", index=False)
+    test_split = f"data.test_data_path={(config.parent / 'test.csv').as_posix()}"
+    result = cli(
+        "train", str(config), "--outputs", str(out), "--nproc", "2", "--set", "model.pooling=mean",
+        "--set", test_split,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "ddp" / "run.json").read_text(encoding="utf-8"))
     assert run["status"] == "completed"
@@ -35,6 +42,9 @@ def test_two_process_ddp_matches_single_process(project, cli):  # noqa: F811
     assert reloaded[0]["risk_level"]["label"] in ("低风险", "中风险", "高风险")
     metrics = json.loads((out / "ddp" / "metrics.json").read_text(encoding="utf-8"))
     assert abs(metrics["best"]["avg_f1"] - solo.best["avg_f1"]) < 0.2
+    reports = json.loads((out / "ddp" / "reports.json").read_text(encoding="utf-8"))
+    assert "avg_f1" in metrics["test"]
+    assert sum(map(sum, reports["test"]["tasks"]["risk_level"]["confusion"])) == 24
 
 
 def test_ddp_bf16_uncertainty_weights_preempt_and_exact_resume(project, cli):  # noqa: F811

@@ -27,10 +27,12 @@ def test_reproduce_agrees_exactly_and_links_the_runs(tmp_path: Path, tiny_bert: 
     assert run["reproduces"] == "orig" and run["status"] == "completed"
     shown = run_cli("show", "orig.repro1", "--outputs", str(outputs))
     assert "reproduces      orig" in shown.stdout
-    # the next one gets the next number, or the name asked for
-    named = run_cli("reproduce", "orig", "--as", "orig_again", "--outputs", str(outputs))
-    assert named.returncode == 0 and (outputs / "orig_again" / "run.json").is_file()
-    # --epochs-only: the first epoch alone, on the two-epoch schedule, so it matches the original's first
+    from lorakit.reproduce import next_id
+    from lorakit.runs.layout import RunLayout
+
+    assert next_id(RunLayout(outputs / "orig")) == "orig.repro2"  # the next one gets the next number
+    # the name asked for, and --epochs-only: the first epoch alone, on the two-epoch schedule, so it
+    # matches the original's first
     first = run_cli("reproduce", "orig", "--epochs-only", "1", "--as", "orig_e1", "--outputs", str(outputs))
     assert first.returncode == 0, first.stderr
     assert "orig_e1 and orig agree (tolerance 0)" in first.stdout and "epoch_2" not in first.stdout

@@ -505,11 +505,13 @@ class TrainingLoop:
             best=self.state.best_value,
         )
 
-    def evaluate(self, split_name: str) -> dict[str, float]:
-        """Metrics of a split: each rank predicts every ``world_size``-th row, every rank gets all rows."""
+    def evaluate(self, split_name: str, *, alone: bool = False) -> dict[str, float]:
+        """Metrics of a split: each rank predicts every ``world_size``-th row, every rank gets all rows;
+        ``alone``: this rank predicts every row itself (rank 0 after training, when the others are gone)."""
         split = self.data.splits[split_name]
         n = len(split.lengths())
-        rows = np.arange(self.accelerator.process_index, n, self.world_size)
+        share = 1 if alone else self.world_size
+        rows = np.arange(0 if alone else self.accelerator.process_index, n, share)
         probs, _ = predict_split(
             self.accelerator.unwrap_model(self.classifier),
             split,
@@ -520,7 +522,7 @@ class TrainingLoop:
             rows=rows,
             autocast=self.autocast,
         )
-        if self.world_size > 1:
+        if share > 1:
             probs = self._gather_rows(n, rows, probs)
         tasks = [t.name for t in self.plan.tasks]
         labels = np.asarray(split.labels)

@@ -525,7 +525,8 @@ def _after_training(layout: RunLayout, loop: Any, data: Any, *, resave: bool) ->
         loop.on_best(loop.accelerator.unwrap_model(loop.classifier), loop.state)
     metrics_doc = read_json(layout.metrics)
     if "test" in data.splits:
-        metrics_doc["test"] = loop.evaluate("test")
+        # rank 0 alone: the other ranks of a distributed run have finished
+        metrics_doc["test"] = loop.evaluate("test", alone=True)
         _write_reports(layout, "test", loop.last_reports, best_epoch=None)
         write_json_atomic(layout.metrics, metrics_doc)
     _verify_reload(layout, loop, data)
