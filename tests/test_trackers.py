@@ -4,12 +4,12 @@ installed plugin's option table does not refuse."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import tomli_w
 from battery_harness import lorakit
 from test_battery_cli import install_plugin
+from test_plugin_options import SCALED
 
 from lorakit import Experiment
 from lorakit.builtin.tensorboard import crc32c
@@ -56,32 +56,6 @@ def test_tensorboard_event_files_hold_each_epochs_metrics_and_the_tests(tmp_path
     assert not (outputs / "plain" / "tensorboard").exists()
 
 
-EXTRA = textwrap.dedent(
-    """
-    import attrs
-    from lorakit import hookimpl
-    from lorakit.specs import TuningMethodSpec
-
-
-    @attrs.define(kw_only=True, frozen=True)
-    class ExtraOptions:
-        size: int = 4
-
-
-    @hookimpl
-    def lorakit_register_tuning_methods(register):
-        register(
-            TuningMethodSpec(
-                name="extra",
-                apply=lambda model, targets, options: model,
-                options=ExtraOptions,
-                trainable_parameters=lambda layers, options: 0,
-            )
-        )
-    """
-)
-
-
 def test_installing_a_plugin_with_an_option_table_does_not_stop_a_resume(tmp_path: Path, tiny_bert: Path):
     config = tmp_path / "exp.toml"
     config.write_text(tomli_w.dumps(_config(tmp_path, tiny_bert, "resumable", epochs=1)), encoding="utf-8")
@@ -93,10 +67,10 @@ def test_installing_a_plugin_with_an_option_table_does_not_stop_a_resume(tmp_pat
     run = json.loads(run_json.read_text(encoding="utf-8"))
     run["status"] = "failed"
     run_json.write_text(json.dumps(run), encoding="utf-8")
-    # ... and a plugin package bringing a [model.extra] table was installed meanwhile
-    site = install_plugin(tmp_path / "site", "extra", EXTRA)
+    # ... and a plugin package bringing a [model.scaled] table was installed meanwhile
+    site = install_plugin(tmp_path / "site", "scaled", SCALED)
     shown = lorakit("config", "show", str(config), path=[site])
-    assert "[model.extra]" in shown.out  # its table is in every config now, with its defaults
+    assert "[model.scaled]" in shown.out  # its table is in every config now, with its defaults
     resumed = lorakit("train", str(config), "--outputs", str(outputs), "--resume", path=[site])
     assert resumed.code == 0, resumed
     assert "config changed" not in resumed.err

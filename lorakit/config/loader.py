@@ -93,7 +93,7 @@ def _package_dir(package: str) -> Path | None:
     return base.joinpath(*rest.split(".")) if rest else base
 
 
-def _looks_like_path(value: str, relative_to: Path) -> bool:
+def looks_like_path(value: str, relative_to: Path) -> bool:
     return value.startswith(("pkg://", "./", "../", "/", "~")) or (relative_to / value).exists()
 
 
@@ -122,7 +122,7 @@ def _resolve_paths(
             continue
         value = parent[last]
         written[dotted] = (value, str(base_dir))
-        if dotted in MAYBE_PATH_KEYS and not _looks_like_path(value, base_dir):
+        if dotted in MAYBE_PATH_KEYS and not looks_like_path(value, base_dir):
             continue
         try:
             parent[last] = resolve_path(value, base_dir, key=dotted, source=source)
@@ -230,7 +230,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
     for part in parts[:-1]:
@@ -271,7 +271,7 @@ def load_raw(
     override_data: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(override_data, key, value)
+        set_dotted(override_data, key, value)
     if override_data:
         problems = []
         written = {**written, **_resolve_paths(override_data, cwd, OVERRIDE_SOURCE, problems)}

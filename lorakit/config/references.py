@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .loader import MAYBE_PATH_KEYS, PATH_KEYS
+from .loader import MAYBE_PATH_KEYS, PATH_KEYS, looks_like_path, set_dotted
 
 REFERENCE_KEYS = tuple(sorted(PATH_KEYS | MAYBE_PATH_KEYS))
 # path components that name no model: the folder name above them does
@@ -50,14 +50,6 @@ def get_dotted(data: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *heads, last = dotted.split(".")
-    node = data
-    for head in heads:
-        node = node.setdefault(head, {})
-    node[last] = value
-
-
 def make_portable(data: dict[str, Any], written: Mapping[str, tuple[str, str]], folder: Path) -> None:
     """Rewrite ``data``'s resolved references (in place) as :func:`portable_value` for a file in ``folder``."""
     for key, (value, base_dir) in written.items():
@@ -74,7 +66,7 @@ def rebase(data: dict[str, Any], from_dir: Path, to_dir: Path) -> bool:
         value = get_dotted(data, key)
         if not isinstance(value, str) or not is_relative(value):
             continue
-        if key in MAYBE_PATH_KEYS and not (from_dir / value).exists() and not value.startswith("."):
+        if key in MAYBE_PATH_KEYS and not looks_like_path(value, from_dir):
             continue  # a hub id
         new = portable_value(value, str(from_dir), str((from_dir / value).resolve()), to_dir)
         if new != value:

@@ -114,8 +114,7 @@ def _copy_for(folder: Path, copy_bytes: bytes, configs_dir: Path) -> bytes:
         return copy_bytes
     if not rebase(data, folder, configs_dir):
         return copy_bytes
-    lines = copy_bytes.splitlines(keepends=True)
-    comments = b"".join(line for line in lines[: len(lines) - len(_strip_header(copy_bytes).splitlines())])
+    comments = copy_bytes[: len(copy_bytes) - len(_strip_header(copy_bytes))]
     return comments + to_toml(data).encode("utf-8")
 
 
